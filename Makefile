@@ -1,0 +1,35 @@
+# Set-up contract: `make demo` and `make test` do everything on a fresh machine.
+# TF_EXTRA=gpu selects the CUDA build of TensorFlow instead of tensorflow-cpu.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TF_EXTRA ?= cpu
+STAMP := $(VENV)/.tfe_lite_installed
+
+.PHONY: install demo test bench ops clean
+
+$(STAMP): setup.cfg pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(TF_EXTRA),test,data,plot]'
+	# tensorflow-privacy 0.9.0 pins numpy<2 and TF~=2.4; its DPQuery library works without them.
+	$(PY) -m pip install --quiet --no-deps tensorflow-privacy==0.9.0
+	touch $(STAMP)
+
+install: $(STAMP) ops
+
+# The native ring ops (wrapping int64 matmul, ChaCha20), compiled against the installed TensorFlow.
+ops: $(STAMP)
+	$(PY) -m tfe_lite.ops.build
+
+demo: install
+	$(PY) examples/smpc_basics.py
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: install
+	$(PY) benchmarks/matmul.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info tfe_lite/ops/*.so

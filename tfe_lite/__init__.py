@@ -1,0 +1,1 @@
+"""tfe_lite: encrypted and private machine learning for TensorFlow and Keras."""

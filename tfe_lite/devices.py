@@ -1,0 +1,48 @@
+"""Logical CPU devices of this process.
+
+TensorFlow fixes the number of logical CPU devices when its runtime initializes (the first op, or the first
+device listing). Players of a :class:`tfe_lite.LocalConfig`, and replicas of a ``tf.distribute`` strategy
+tested on one CPU, each need a logical device of their own, so this module asks for them early.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfe_lite.errors import RuntimeConfigError
+
+#: How many logical CPU devices are asked for when none is configured yet: room for the three protocol
+#: players, several data owners and the host device ``/device:CPU:0``.
+DEFAULT_LOGICAL_CPUS = 8
+
+
+def ensure_logical_cpus(count: int) -> list[str]:
+    """Make sure the process has at least ``count`` logical CPU devices and return their names.
+
+    Before TensorFlow's runtime initializes this configures ``max(count, DEFAULT_LOGICAL_CPUS)`` devices
+    (or keeps a larger configuration). Afterwards it can only check, and raises
+    :class:`~tfe_lite.errors.RuntimeConfigError` with the remedy when there are too few.
+    """
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise RuntimeConfigError(
+            f"Received an invalid value for `count`, expected a positive integer. Received: count={count!r}"
+        )
+    cpus = tf.config.list_physical_devices("CPU")
+    configured = tf.config.get_logical_device_configuration(cpus[0]) or []
+    wanted = max(count, DEFAULT_LOGICAL_CPUS, len(configured))
+    if len(configured) < wanted:
+        try:
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(wanted)]
+            )
+        except RuntimeError:
+            pass  # runtime already initialized: check what it has below
+    names = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(names) < count:
+        raise RuntimeConfigError(
+            f"tfe_lite needs {count} logical CPU devices but TensorFlow's runtime was initialized with "
+            f"{len(names)} ({names}). Logical devices can only be configured before the first TensorFlow "
+            f"op runs: call tfe_lite.devices.ensure_logical_cpus({count}) (or create the LocalConfig) at the "
+            "start of the program."
+        )
+    return names
