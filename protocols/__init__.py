@@ -1,0 +1,5 @@
+"""Secure computation protocols, installed as ``tfe_lite.protocols``."""
+
+from .pond import OnlineDealer, Pond, PrecomputedDealer, PrivateTensor, PublicTensor, TripleSource
+
+__all__ = ["OnlineDealer", "Pond", "PrecomputedDealer", "PrivateTensor", "PublicTensor", "TripleSource"]
