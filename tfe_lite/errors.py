@@ -44,3 +44,7 @@ class RuntimeConfigError(TfeLiteError, RuntimeError):
 
 class PartyUnavailableError(TfeLiteError, RuntimeError):
     """A player (party) that should take part in a computation cannot be reached."""
+
+
+class PrivacyBudgetExceededError(TfeLiteError, RuntimeError):
+    """Training was asked to continue although its differential-privacy budget is already spent."""

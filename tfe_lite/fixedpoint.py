@@ -111,14 +111,14 @@ def _describe_bad_values(x: np.ndarray, bound: float, argument: str) -> str | No
     if not finite.all():
         index = tuple(int(i) for i in np.argwhere(~finite)[0])
         return (
-            f"Cannot encode `{argument}`: it holds a non-finite value {x[index]!r} at index {index} "
+            f"Cannot encode `{argument}`: it holds a non-finite value {float(x[index])!r} at index {index} "
             f"({int((~finite).sum())} non-finite values in all)."
         )
     too_big = np.abs(x) >= bound
     if too_big.any():
         index = tuple(int(i) for i in np.argwhere(too_big)[0])
         return (
-            f"Cannot encode `{argument}`: value {x[index]!r} at index {index} is outside the fixed-point "
+            f"Cannot encode `{argument}`: value {float(x[index])!r} at index {index} is outside the fixed-point "
             f"range (-{bound:g}, {bound:g}) = ±2**int_bits; {int(too_big.sum())} values out of range. Scale "
             "the data or choose a config with more int_bits."
         )

@@ -1,0 +1,132 @@
+"""Native TensorFlow ops for the ring Z/2^64, with pure-TensorFlow twins that give identical results.
+
+The C++ library ``_ring_ops.so`` (source ``ring_ops.cc``, built by ``make ops`` /
+``python -m tfe_lite.ops.build`` for the installed TensorFlow and this CPU) provides:
+
+- ``RingMatMul``: ``a @ b`` mod 2^64 on int64, AVX-512 (IFMA) micro-kernels on the op's CPU worker threads;
+- ``ChaCha20Keystream``: the ChaCha20 keystream behind :mod:`tfe_lite.prg`.
+
+The library is loaded on first use, never when tfe_lite is imported. When it is not built the pure
+TensorFlow paths serve (same results, slower); a library that exists but does not load (built for another
+TensorFlow, or from older source) raises :class:`~tfe_lite.errors.RuntimeConfigError` instead, so a broken
+build is never ignored. Setting the environment variable ``TFE_LITE_NATIVE_OPS=0`` forces the pure
+TensorFlow paths (``1`` or unset: native when built); it is read each time an op is built (traced), not
+while a graph runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import tensorflow as tf
+
+from tfe_lite.errors import ConfigError, ProtocolError, RuntimeConfigError, ShapeError
+
+LIBRARY_PATH = Path(__file__).resolve().parent / "_ring_ops.so"
+SOURCE_PATH = LIBRARY_PATH.with_name("ring_ops.cc")
+ENV_VAR = "TFE_LITE_NATIVE_OPS"
+
+_lock = threading.Lock()
+_library: ModuleType | None = None
+
+
+def _native_enabled() -> bool:
+    value = os.environ.get(ENV_VAR, "")
+    if value not in ("", "0", "1"):
+        raise ConfigError(
+            f"Received an invalid value for the environment variable `{ENV_VAR}`, expected '0' (pure "
+            f"TensorFlow ops) or '1' (native ops when built). Received: {ENV_VAR}={value!r}"
+        )
+    return value != "0"
+
+
+def _check_source(path: Path) -> None:
+    """Refuse a library compiled from other source than the ``ring_ops.cc`` next to it."""
+    if not SOURCE_PATH.exists():  # an installation without the source: nothing to compare
+        return
+    from tfe_lite.ops.build import source_sha256
+
+    built = ctypes.CDLL(str(path)).tfe_lite_ring_ops_source_sha256
+    built.restype = ctypes.c_char_p
+    if built().decode() != source_sha256(SOURCE_PATH):
+        raise RuntimeConfigError(
+            f"The native ops library {path} was built from an older {SOURCE_PATH.name}. Run `make ops` "
+            "(python -m tfe_lite.ops.build) to rebuild it, or set TFE_LITE_NATIVE_OPS=0 to use the pure "
+            "TensorFlow ops."
+        )
+
+
+def _load() -> ModuleType | None:
+    """The loaded op library, or None when it is not built; raises when it exists but does not load."""
+    global _library
+    with _lock:
+        if _library is None and LIBRARY_PATH.exists():
+            try:
+                library = tf.load_op_library(str(LIBRARY_PATH))
+            except (tf.errors.NotFoundError, tf.errors.OpError, OSError) as error:
+                raise RuntimeConfigError(
+                    f"The native ops library {LIBRARY_PATH} exists but cannot be loaded by TensorFlow "
+                    f"{tf.__version__} (built for another TensorFlow or machine?): {error}. Run `make ops` "
+                    "(python -m tfe_lite.ops.build) to rebuild it, or set TFE_LITE_NATIVE_OPS=0 to use the "
+                    "pure TensorFlow ops."
+                ) from error
+            _check_source(LIBRARY_PATH)
+            _library = library
+        return _library
+
+
+def library() -> ModuleType | None:
+    """The native op library when it is built and enabled (see the module docstring), else None."""
+    return _load() if _native_enabled() else None
+
+
+def available() -> bool:
+    """Whether the native ops are built and enabled."""
+    return library() is not None
+
+
+def backend() -> str:
+    """``"native"`` when the native ops serve, ``"tensorflow"`` when the pure TensorFlow paths do."""
+    return "native" if available() else "tensorflow"
+
+
+def _ring_operand(value, name: str) -> tf.Tensor:
+    tensor = tf.convert_to_tensor(value)
+    if tensor.dtype != tf.int64:
+        raise ProtocolError(
+            f"Received an invalid value for `{name}`, expected an int64 ring tensor. "
+            f"Received: {name} with dtype {tensor.dtype.name}"
+        )
+    if tensor.shape.rank is not None and tensor.shape.rank < 2:
+        raise ShapeError(
+            f"Received an invalid value for `{name}`, expected a matrix (rank 2, or more with leading batch "
+            f"dimensions). Received: {name} with shape {tensor.shape}"
+        )
+    return tensor
+
+
+def matmul(a, b) -> tf.Tensor:
+    """``a @ b`` modulo 2^64 for int64 ``a`` [M, K] and ``b`` [K, N]; equal to ``tf.matmul`` on int64.
+
+    Uses the native ``RingMatMul`` when available. Rank > 2 (batched) operands use it too when both have
+    the same statically known batch dimensions, otherwise ``tf.matmul`` (which broadcasts them).
+    """
+    a = _ring_operand(a, "a")
+    b = _ring_operand(b, "b")
+    lib = library()
+    if lib is None or a.shape.rank is None or b.shape.rank is None:
+        return tf.matmul(a, b)
+    if a.shape.rank > 2 or b.shape.rank > 2:
+        batch_a, batch_b = a.shape[:-2], b.shape[:-2]
+        if not (batch_a.is_fully_defined() and batch_a == batch_b):
+            return tf.matmul(a, b)
+    if a.shape[-1] is not None and b.shape[-2] is not None and a.shape[-1] != b.shape[-2]:
+        raise ShapeError(
+            f"Received incompatible operands for `matmul`, expected a.shape[-1] == b.shape[-2]. "
+            f"Received: a with shape {a.shape}, b with shape {b.shape}"
+        )
+    return lib.ring_mat_mul(a, b)

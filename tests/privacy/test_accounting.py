@@ -1,0 +1,198 @@
+"""Privacy accounting against dp_accounting composed by hand and against TF Privacy's statement."""
+
+import importlib
+import math
+import re
+import sys
+
+import dp_accounting
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tfe_lite.errors import ConfigError
+from tfe_lite.privacy import accounting
+from tfe_lite.privacy.accounting import compute_epsilon, compute_noise_multiplier, privacy_statement
+
+N, B, SIGMA, DELTA = 60000, 256, 1.1, 1e-5
+
+
+def _direct(event, accountant, delta=DELTA):
+    acc = dp_accounting.rdp.RdpAccountant() if accountant == "rdp" else dp_accounting.pld.PLDAccountant()
+    return acc.compose(event).get_epsilon(delta)
+
+
+def _tf_privacy_lib():
+    """TF Privacy's analysis library; its package __init__ (Keras 2 optimizers) is skipped by its own flag."""
+    if "tensorflow_privacy" not in sys.modules:
+        had_flag = hasattr(sys, "skip_tf_privacy_import")
+        sys.skip_tf_privacy_import = True
+        try:
+            importlib.import_module("tensorflow_privacy")
+        finally:
+            if not had_flag:
+                del sys.skip_tf_privacy_import
+    return importlib.import_module("tensorflow_privacy.privacy.analysis.compute_dp_sgd_privacy_lib")
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_poisson_equals_dp_accounting_composed_directly(accountant):
+    steps = 2000
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(B / N, dp_accounting.GaussianDpEvent(SIGMA)), steps
+    )
+    got = compute_epsilon(num_examples=N, batch_size=B, noise_multiplier=SIGMA, delta=DELTA, steps=steps,
+                          accountant=accountant)
+    assert got == pytest.approx(_direct(event, accountant), rel=1e-12)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_shuffle_is_the_unamplified_composition_over_epochs(accountant):
+    # 2.5 epochs: an example is in at most 3 batches; each batch is one Gaussian mechanism.
+    event = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(SIGMA), 3)
+    got = compute_epsilon(num_examples=N, batch_size=B, noise_multiplier=SIGMA, delta=DELTA, epochs=2.5,
+                          sampling="shuffle", accountant=accountant)
+    assert got == pytest.approx(_direct(event, accountant), rel=1e-12)
+    by_steps = compute_epsilon(num_examples=N, batch_size=B, noise_multiplier=SIGMA, delta=DELTA,
+                               steps=2 * math.ceil(N / B) + 1, sampling="shuffle", accountant=accountant)
+    assert by_steps == got
+    poisson = compute_epsilon(num_examples=N, batch_size=B, noise_multiplier=SIGMA, delta=DELTA, epochs=2.5,
+                              accountant=accountant)
+    assert poisson < got
+
+
+def test_epochs_become_steps_like_tf_privacy():
+    # 3 epochs of 4000 examples in batches of 32 is 375 steps, despite 3 / (32 / 4000) = 375.00000000000006.
+    kwargs = dict(num_examples=4000, batch_size=32, noise_multiplier=1.0, delta=1e-5)
+    assert compute_epsilon(epochs=3, **kwargs) == compute_epsilon(steps=375, **kwargs)
+    assert compute_epsilon(epochs=2.9, **kwargs) == compute_epsilon(steps=363, **kwargs)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+@pytest.mark.parametrize("microbatching", [False, True])
+def test_matches_tf_privacy_statement(accountant, microbatching):
+    lib = _tf_privacy_lib()
+    epochs = 15  # 15 / (256 / 60000) = 3515.625 -> 3516 steps in both libraries
+    statement = lib.compute_dp_sgd_privacy_statement(
+        number_of_examples=N, batch_size=B, num_epochs=epochs, noise_multiplier=SIGMA, delta=DELTA,
+        used_microbatching=microbatching, accountant_type=lib.AccountantType[accountant.upper()],
+    )
+    once_per_epoch = float(re.search(r"once per epoch:\s+([0-9.]+)", statement).group(1))
+    poisson = float(re.search(r"Poisson sampling \(\*\):\s+([0-9.]+)", statement).group(1))
+    kwargs = dict(num_examples=N, batch_size=B, noise_multiplier=SIGMA, delta=DELTA, epochs=epochs,
+                  accountant=accountant, microbatching=microbatching)
+    # TF Privacy prints three decimals.
+    assert compute_epsilon(sampling="poisson", **kwargs) == pytest.approx(poisson, abs=5e-4)
+    assert compute_epsilon(sampling="shuffle", **kwargs) == pytest.approx(once_per_epoch, abs=5e-4)
+
+
+def test_no_noise_is_no_privacy():
+    assert compute_epsilon(num_examples=100, batch_size=10, noise_multiplier=0, delta=1e-5, steps=1) == math.inf
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    sigma=st.floats(0.5, 4.0),
+    steps=st.integers(1, 5000),
+    batch_size=st.integers(1, 1000),
+)
+def test_epsilon_grows_with_steps_and_shrinks_with_noise(sigma, steps, batch_size):
+    kwargs = dict(num_examples=1000, batch_size=batch_size, delta=1e-5)
+    eps = compute_epsilon(noise_multiplier=sigma, steps=steps, **kwargs)
+    assert 0 < eps < math.inf
+    assert compute_epsilon(noise_multiplier=sigma, steps=steps + 100, **kwargs) >= eps
+    assert compute_epsilon(noise_multiplier=sigma * 1.1, steps=steps, **kwargs) <= eps
+
+
+@pytest.mark.parametrize("target", [1.0, 3.0, 8.0])
+@pytest.mark.parametrize("sampling", ["poisson", "shuffle"])
+def test_noise_multiplier_is_the_inverse_rdp(target, sampling):
+    kwargs = dict(num_examples=4000, batch_size=32, delta=1e-5, epochs=10, sampling=sampling)
+    sigma = compute_noise_multiplier(target_epsilon=target, **kwargs)
+    eps = compute_epsilon(noise_multiplier=sigma, **kwargs)
+    assert eps <= target
+    assert eps >= target * (1 - 1e-3)
+    # The optimum: a little less noise overshoots the target.
+    assert compute_epsilon(noise_multiplier=sigma * (1 - 1e-3), **kwargs) > target
+
+
+def test_noise_multiplier_is_the_inverse_pld():
+    kwargs = dict(num_examples=4000, batch_size=64, delta=1e-5, epochs=2, accountant="pld")
+    sigma = compute_noise_multiplier(target_epsilon=2.0, **kwargs)
+    eps = compute_epsilon(noise_multiplier=sigma, **kwargs)
+    assert 2.0 * (1 - 1e-3) <= eps <= 2.0
+    # PLD is tighter, so it needs less noise than RDP for the same target.
+    assert sigma < compute_noise_multiplier(target_epsilon=2.0, **{**kwargs, "accountant": "rdp"})
+
+
+def test_microbatching_doubles_sensitivity():
+    kwargs = dict(num_examples=N, batch_size=B, delta=DELTA, steps=1000)
+    assert compute_epsilon(noise_multiplier=2 * SIGMA, microbatching=True, **kwargs) == pytest.approx(
+        compute_epsilon(noise_multiplier=SIGMA, **kwargs))
+    sigma = compute_noise_multiplier(target_epsilon=2.0, microbatching=True, **kwargs)
+    assert sigma == pytest.approx(2 * compute_noise_multiplier(target_epsilon=2.0, **kwargs), rel=1e-3)
+
+
+def test_dp_sgd_event_is_what_is_accounted():
+    event = accounting.dp_sgd_event(num_examples=N, batch_size=B, noise_multiplier=SIGMA, steps=10)
+    assert event == dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(B / N, dp_accounting.GaussianDpEvent(SIGMA)), 10)
+
+
+@pytest.mark.parametrize("sampling", ["poisson", "shuffle"])
+def test_statement_reports_both_accountants_and_assumptions(sampling):
+    kwargs = dict(num_examples=4000, batch_size=32, noise_multiplier=1.1, delta=1e-5, epochs=10)
+    text = privacy_statement(sampling=sampling, **kwargs)
+    numbers = {
+        (kind, acc): compute_epsilon(sampling=kind, accountant=acc, **kwargs)
+        for kind in ("poisson", "shuffle") for acc in ("rdp", "pld")
+    }
+    for value in numbers.values():
+        assert f"{value:.3f}" in text
+    assert "add-or-remove-one" in text and "delta = 1e-05" in text and "every intermediate model" in text
+    if sampling == "poisson":
+        assert "the Poisson row is a proven upper bound" in text
+    else:
+        assert "Poisson row is NOT a bound" in text and "Chua et al." in text
+
+
+BASE = dict(num_examples=1000, batch_size=10, noise_multiplier=1.0, delta=1e-5, epochs=1)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"delta": 1.5}, "Received an invalid value for `delta`, expected a float in (0, 1). Received: delta=1.5"),
+        ({"delta": 0.0}, "Received: delta=0.0"),
+        ({"noise_multiplier": -0.5}, "expected a non-negative float. Received: noise_multiplier=-0.5"),
+        ({"batch_size": 2000}, "expected at most num_examples=1000. Received: batch_size=2000"),
+        ({"batch_size": 0}, "Received: batch_size=0"),
+        ({"num_examples": 0}, "Received: num_examples=0"),
+        ({"epochs": 0}, "expected a positive number. Received: epochs=0"),
+        ({"epochs": -2.0}, "Received: epochs=-2.0"),
+        ({"epochs": None, "steps": 0}, "expected a positive integer. Received: steps=0"),
+        ({"steps": 10}, "Expected exactly one of `epochs` and `steps`"),
+        ({"sampling": "shuffled"}, "Received: sampling='shuffled'"),
+        ({"accountant": "gdp"}, "Received: accountant='gdp'"),
+    ],
+)
+def test_invalid_arguments(override, message):
+    with pytest.raises(ConfigError) as info:
+        compute_epsilon(**{**BASE, **override})
+    assert message in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        compute_epsilon(num_examples=10, batch_size=20, noise_multiplier=-1, delta=1.5, epochs=0)
+    text = str(info.value)
+    for name in ("batch_size", "noise_multiplier", "delta", "epochs"):
+        assert f"`{name}`" in text
+
+
+def test_invalid_calibration_arguments():
+    with pytest.raises(ConfigError, match=r"Received: target_epsilon=0"):
+        compute_noise_multiplier(target_epsilon=0, num_examples=100, batch_size=10, delta=1e-5, epochs=1)
+    with pytest.raises(ConfigError, match=r"Received: delta=2"):
+        privacy_statement(num_examples=100, batch_size=10, noise_multiplier=1.0, delta=2, epochs=1)

@@ -1,0 +1,252 @@
+"""Per-record gradients, norms and clipped sums against a one-record-at-a-time float64 oracle."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfe_lite.errors import UnsupportedLayerError
+from tfe_lite.privacy.clipping import (
+    GhostClipper,
+    VectorizedClipper,
+    check_layers,
+    ghost_blockers,
+    make_clipper,
+)
+
+# float64 models: the oracle and the clippers differ only by summation order.
+RTOL = 1e-9
+ATOL = 1e-12
+
+
+def _mse(y, y_pred, sample_weight):
+    values = keras.losses.MeanSquaredError().call(y, y_pred)
+    if sample_weight is not None:
+        values = values * tf.cast(sample_weight, values.dtype)
+    return values
+
+
+def _reference(model, x, y, microbatches=None):
+    """Flattened gradient of each record's mean loss, one record at a time: ``[records, parameters]``."""
+    batch = x.shape[0]
+    records = batch if microbatches is None else microbatches
+    size = 1 if microbatches is None else batch // microbatches
+    rows = []
+    for r in range(records):
+        xr, yr = x[r * size : (r + 1) * size], y[r * size : (r + 1) * size]
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(_mse(yr, model(xr, training=True), None))
+        grads = tape.gradient(loss, model.trainable_variables)
+        rows.append(np.concatenate([np.ravel(tf.convert_to_tensor(g)) for g in grads]))
+    return np.array(rows).reshape(records, -1)
+
+
+def _assert_sum(result, factors, expected):
+    flat = np.concatenate([np.ravel(g) for g in result.weighted_sum(factors)])
+    np.testing.assert_allclose(flat, expected, rtol=RTOL, atol=ATOL)
+
+
+def _flat(grads):
+    return np.concatenate([np.reshape(g, (g.shape[0], -1)) for g in grads], axis=1)
+
+
+def _dense_2d():
+    return keras.Sequential(
+        [
+            keras.Input((5,), dtype="float64"),
+            keras.layers.Dense(7, activation="tanh", dtype="float64"),
+            keras.layers.Dense(3, dtype="float64"),
+        ]
+    )
+
+
+def _dense_3d(rows, features, units):
+    inputs = keras.Input((rows, features), dtype="float64")
+    h = keras.layers.Dense(units, activation="relu", dtype="float64")(inputs)
+    h = keras.layers.Flatten(dtype="float64")(h)
+    return keras.Model(inputs, keras.layers.Dense(3, dtype="float64")(h))
+
+
+def _conv(padding, strides, dilation, kernel_size=3):
+    return keras.Sequential(
+        [
+            keras.Input((7, 7, 2), dtype="float64"),
+            keras.layers.Conv2D(
+                3, kernel_size, strides=strides, padding=padding, dilation_rate=dilation, activation="tanh",
+                dtype="float64",
+            ),
+            keras.layers.Conv2D(2, 2, padding="valid", dtype="float64"),
+            keras.layers.Flatten(dtype="float64"),
+            keras.layers.Dense(3, dtype="float64"),
+        ]
+    )
+
+
+def _embedding(length):
+    inputs = keras.Input((length,), dtype="int32")
+    h = keras.layers.Embedding(6, 4, dtype="float64")(inputs)
+    h = keras.layers.Flatten(dtype="float64")(h)
+    return keras.Model(inputs, keras.layers.Dense(3, dtype="float64")(h))
+
+
+MODELS = {
+    "dense_2d": (_dense_2d, (5,)),
+    "dense_3d_direct": (lambda: _dense_3d(5, 4, 3), (5, 4)),
+    "dense_3d_gram": (lambda: _dense_3d(2, 8, 8), (2, 8)),
+    "conv_same_s1": (lambda: _conv("same", 1, 1), (7, 7, 2)),
+    "conv_valid_s2": (lambda: _conv("valid", 2, 1), (7, 7, 2)),
+    "conv_same_s2": (lambda: _conv("same", 2, 1), (7, 7, 2)),
+    "conv_same_s21_k23": (lambda: _conv("same", (2, 1), 1, kernel_size=(2, 3)), (7, 7, 2)),
+    "conv_valid_dilated": (lambda: _conv("valid", 1, 2), (7, 7, 2)),
+    "embedding_seq": (lambda: _embedding(6), "ids6"),
+    "embedding_single": (lambda: _embedding(1), "ids1"),
+}
+
+
+def _data(shape, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    if isinstance(shape, str):  # token ids, with repeats inside an example
+        x = rng.integers(0, 6, size=(batch, int(shape[3:]))).astype("int32")
+    else:
+        x = rng.normal(size=(batch, *shape))
+    y = rng.normal(size=(batch, 3))
+    return tf.constant(x), tf.constant(y)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_per_example_gradients_match_one_at_a_time(name):
+    build, shape = MODELS[name]
+    model = build()
+    x, y = _data(shape, batch=5)
+    expected = _reference(model, x.numpy(), y.numpy())
+    factors = tf.constant(np.random.default_rng(1).uniform(0.1, 1.0, size=5))
+    expected_sum = factors.numpy() @ expected
+    variables = model.trainable_variables
+
+    vectorized = VectorizedClipper(model, variables, _mse)
+    grads, losses, _ = vectorized.per_record_gradients(x, y)
+    np.testing.assert_allclose(_flat(grads), expected, rtol=RTOL, atol=ATOL)
+    result = vectorized(x, y)
+    np.testing.assert_allclose(result.norms, np.linalg.norm(expected, axis=1), rtol=RTOL)
+    _assert_sum(result, factors, expected_sum)
+
+    ghost = GhostClipper(model, variables, _mse)
+    result = ghost(x, y)
+    np.testing.assert_allclose(result.norms, np.linalg.norm(expected, axis=1), rtol=RTOL)
+    np.testing.assert_allclose(result.y_pred, model(x), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(result.losses, _mse(y, model(x), None), rtol=RTOL)
+    _assert_sum(result, factors, expected_sum)
+
+
+@pytest.mark.parametrize("method", ["vectorized", "ghost"])
+@pytest.mark.parametrize("name", ["dense_2d", "conv_same_s2", "embedding_seq"])
+def test_microbatch_gradients_match_one_at_a_time(name, method):
+    build, shape = MODELS[name]
+    model = build()
+    x, y = _data(shape, batch=6)
+    expected = _reference(model, x.numpy(), y.numpy(), microbatches=3)
+    clipper = make_clipper(model, model.trainable_variables, _mse, method=method, num_microbatches=3)
+    result = clipper(x, y)
+    np.testing.assert_allclose(result.norms, np.linalg.norm(expected, axis=1), rtol=RTOL)
+    factors = tf.constant([0.5, 1.0, 0.25], dtype=tf.float64)
+    np.testing.assert_allclose(
+        np.concatenate([np.ravel(g) for g in result.weighted_sum(factors)]),
+        factors.numpy() @ expected,
+        rtol=RTOL,
+        atol=ATOL,
+    )
+
+
+@pytest.mark.parametrize("method", ["vectorized", "ghost"])
+@pytest.mark.parametrize("batch", [0, 1])
+def test_edge_batch_sizes(method, batch):
+    model = _conv("same", 2, 1)
+    x, y = _data((7, 7, 2), batch=batch)
+    clipper = make_clipper(model, model.trainable_variables, _mse, method=method)
+    result = clipper(x, y)
+    assert result.norms.shape == (batch,)
+    sums = result.weighted_sum(tf.ones([batch], tf.float64))
+    assert [s.shape for s in sums] == [v.shape for v in model.trainable_variables]
+    if batch == 0:
+        assert all(float(tf.reduce_max(tf.abs(s))) == 0.0 for s in sums)
+    else:
+        expected = _reference(model, x.numpy(), y.numpy())
+        np.testing.assert_allclose(result.norms, np.linalg.norm(expected, axis=1), rtol=RTOL)
+
+
+def test_sample_weights_scale_each_example():
+    model = _dense_2d()
+    x, y = _data((5,), batch=4)
+    weights = tf.constant([1.0, 0.0, 2.0, 0.5], tf.float64)
+    expected = _reference(model, x.numpy(), y.numpy()) * weights.numpy()[:, None]
+    for method in ("vectorized", "ghost"):
+        result = make_clipper(model, model.trainable_variables, _mse, method=method)(x, y, weights)
+        np.testing.assert_allclose(result.norms, np.linalg.norm(expected, axis=1), rtol=RTOL, atol=ATOL)
+
+
+def test_auto_uses_ghost_only_when_every_layer_allows_it():
+    model = _dense_2d()
+    assert isinstance(make_clipper(model, model.trainable_variables, _mse), GhostClipper)
+    inputs = keras.Input((5,))
+    h = keras.layers.LayerNormalization(name="norm")(keras.layers.Dense(4)(inputs))
+    mixed = keras.Model(inputs, keras.layers.Dense(3)(h))
+    assert ghost_blockers(mixed) == ["LayerNormalization 'norm': no ghost-norm rule for this layer type"]
+    assert isinstance(make_clipper(mixed, mixed.trainable_variables, _mse), VectorizedClipper)
+    with pytest.raises(UnsupportedLayerError, match="LayerNormalization 'norm'"):
+        make_clipper(mixed, mixed.trainable_variables, _mse, method="ghost")
+
+
+def test_shared_layer_is_not_ghost_clipped():
+    inputs = keras.Input((3,))
+    shared = keras.layers.Dense(3, name="shared")
+    model = keras.Model(inputs, shared(shared(inputs)))
+    assert isinstance(make_clipper(model, model.trainable_variables, _mse), VectorizedClipper)
+    with pytest.raises(UnsupportedLayerError, match="Dense 'shared': called 2 times"):
+        GhostClipper(model, model.trainable_variables, _mse)
+
+
+def test_layers_without_per_example_gradients_are_all_listed():
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(4, activity_regularizer="l2", name="act_reg"),
+            keras.layers.BatchNormalization(name="bn1"),
+            keras.layers.Dense(4),
+            keras.layers.BatchNormalization(name="bn2"),
+        ]
+    )
+    with pytest.raises(UnsupportedLayerError) as error:
+        check_layers(model)
+    message = str(error.value)
+    for name in ("'act_reg'", "'bn1'", "'bn2'"):
+        assert name in message
+    model.get_layer("bn1").trainable = False
+    model.get_layer("bn2").trainable = False
+    model.get_layer("act_reg").activity_regularizer = None
+    check_layers(model)  # frozen BatchNormalization runs in inference mode: per-example
+
+
+@tf.custom_gradient
+def _double_in_python(x):
+    y = tf.ensure_shape(tf.numpy_function(lambda v: v * 2, [x], x.dtype, stateful=False), x.shape)
+    return y, lambda dy: 2 * dy
+
+
+class _PythonOp(keras.layers.Layer):
+    """A differentiable layer whose forward op (EagerPyFunc) has no vectorization rule."""
+
+    def call(self, x):
+        return _double_in_python(x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def test_unvectorizable_layer_is_named():
+    inputs = keras.Input((3,))
+    h = _PythonOp(name="python_op")(keras.layers.Dense(3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    clipper = make_clipper(model, model.trainable_variables, _mse, method="vectorized")
+    x, y = tf.ones([2, 3]), tf.ones([2, 2])
+    with pytest.raises(UnsupportedLayerError, match="python_op"):
+        clipper(x, y)

@@ -1,0 +1,46 @@
+import numpy as np
+import tensorflow as tf
+
+from tfe_lite import ConfigError, LocalConfig
+from tfe_lite.random import RandomStreams, SeedStream
+
+import pytest
+
+
+def test_seeds_are_fresh_on_every_call_and_every_graph_run():
+    stream = SeedStream("/device:CPU:1")
+    eager = {tuple(stream.next_seed().numpy()) for _ in range(3)}
+    assert len(eager) == 3
+
+    @tf.function
+    def draw():
+        return stream.next_seed(), stream.uniform([4])
+
+    runs = [draw() for _ in range(3)]
+    assert len({tuple(seed.numpy()) for seed, _ in runs} | eager) == 6
+    assert len({tuple(values.numpy()) for _, values in runs}) == 3
+    assert runs[0][0].dtype == tf.int64 and runs[0][0].shape == (4,)
+
+
+def test_streams_by_player_and_purpose_are_independent():
+    config = LocalConfig(["alice"])
+    streams = RandomStreams(seed=3)
+    alice, server0 = config.get_player("alice"), config.get_player("server0")
+    draws = {(p.name, purpose): tuple(streams.stream(p, purpose).next_seed().numpy())
+             for p in (alice, server0) for purpose in ("crypto", "data")}
+    assert len(set(draws.values())) == 4
+    assert streams.stream(alice) is streams.stream(alice, "crypto")
+    assert streams.stream(alice).device == alice.device
+
+
+def test_fixed_seed_repeats_and_os_seed_does_not():
+    player = LocalConfig().get_player("server0")
+    fixed = [RandomStreams(seed=9).stream(player).next_seed().numpy() for _ in range(2)]
+    np.testing.assert_array_equal(*fixed)
+    fresh = [RandomStreams().stream(player).next_seed().numpy() for _ in range(2)]
+    assert not np.array_equal(*fresh)
+
+
+def test_seed_must_be_an_integer():
+    with pytest.raises(ConfigError, match="seed=1.5"):
+        RandomStreams(seed=1.5)

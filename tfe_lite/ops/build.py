@@ -1,0 +1,84 @@
+"""Compile the native ring ops: ``python -m tfe_lite.ops.build``.
+
+Builds ``ring_ops.cc`` into ``_ring_ops.so`` next to it with g++, against the TensorFlow installed in the
+running interpreter and for this machine's CPU (``-march=native``: AVX-512 IFMA kernels where the CPU has
+them, so the library must be rebuilt on, not copied to, another machine). The SHA-256 of the source is
+compiled in; the loader (:mod:`tfe_lite.ops`) refuses a library built from other source. Prints what it
+built; exits non-zero with the compiler's output when compilation fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SOURCE = HERE / "ring_ops.cc"
+LIBRARY = HERE / "_ring_ops.so"
+
+
+def source_sha256(source: Path = SOURCE) -> str:
+    """The SHA-256 (hex) of the C++ source, as compiled into the library."""
+    return hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def _accepts(cxx: str, flag: str) -> bool:
+    probe = subprocess.run([cxx, flag, "-x", "c++", "-E", "-o", os.devnull, os.devnull], capture_output=True)
+    return probe.returncode == 0
+
+
+def compile_command(output: Path, source: Path = SOURCE) -> list[str]:
+    """The g++ command line that builds ``source`` into ``output``."""
+    import tensorflow as tf
+
+    cxx = os.environ.get("CXX", "g++")
+    # Eigen's AVX512-FP16 packet code does not compile with g++ 12; the ops need no fp16.
+    no_fp16 = ["-mno-avx512fp16"] if _accepts(cxx, "-mno-avx512fp16") else []
+    return [
+        cxx, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", *no_fp16,
+        "-Wno-deprecated-declarations",
+        f'-DTFE_LITE_SOURCE_SHA256="{source_sha256(source)}"',
+        *tf.sysconfig.get_compile_flags(), str(source), "-o", str(output), *tf.sysconfig.get_link_flags(),
+    ]
+
+
+def build(output: Path = LIBRARY) -> Path:
+    """Compile the ops library into ``output``; raises ``RuntimeError`` with the compiler output on failure."""
+    # Compile to a temporary file and rename it, so no process ever loads a half-written library.
+    with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
+        partial = Path(tmp) / output.name
+        command = compile_command(partial)
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"Compiling {SOURCE.name} failed (exit {result.returncode}):\n{shlex.join(command)}\n"
+                f"{result.stdout}{result.stderr}"
+            )
+        os.replace(partial, output)
+    return output
+
+
+def main() -> int:
+    start = time.perf_counter()
+    try:
+        path = build()
+    except (RuntimeError, OSError) as error:
+        print(error, file=sys.stderr)
+        return 1
+    import tensorflow as tf
+
+    print(
+        f"Built {path} ({path.stat().st_size // 1024} KiB) from {SOURCE.name} sha256 {source_sha256()[:12]} "
+        f"for TensorFlow {tf.__version__}, -march=native, in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

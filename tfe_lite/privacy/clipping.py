@@ -1,0 +1,522 @@
+"""Per-record gradients for DP-SGD: their L2 norms and their clipped sum, computed two ways.
+
+A *record* is one example, or one microbatch of ``batch / num_microbatches`` consecutive examples whose loss
+is the mean of its examples' losses. DP-SGD needs, for each record ``r`` with gradient ``g_r``, the norm
+``||g_r||`` and then the re-weighted sum ``sum_r f_r g_r`` with clip factors ``f_r = min(1, C / ||g_r||)``.
+
+:class:`VectorizedClipper` works for any model: ``tf.vectorized_map`` runs forward and backward on each
+record (pfor vectorization, one batched program, no Python loop) and materializes every per-record gradient.
+Memory grows with ``records x parameters``.
+
+:class:`GhostClipper` ("ghost clipping", Goodfellow 2015; Li et al. 2022; Bu et al. 2023) never materializes
+per-record gradients for the supported layers. A trainable layer computes ``z = a W (+ b)``, so a record's
+kernel gradient is ``A_r^T G_r`` with ``A_r`` its input rows (``T`` of them: the positions of a sequence, the
+output pixels of a convolution as im2col patches) and ``G_r = dL_r / dz`` its output-gradient rows. Then
+
+* ``T = 1`` (a Dense layer on 2-D input): ``||A^T G||^2 = ||a||^2 ||g||^2``;
+* otherwise the cheaper of ``||A^T G||_F^2`` formed directly (``T d u`` per record) and the Gram form
+  ``<A A^T, G G^T>_F`` (``T^2 (d + u)``). For Conv2D the direct form goes one kernel offset at a time (the
+  strided slice of the input that the offset reads, against ``G``), so the im2col tensor is never built;
+* Embedding: ``sum_{t,s} [id_t = id_s] <g_t, g_s>``; a bias: ``||sum_t g_t||^2``.
+
+One forward pass records every layer's input ``a`` and pre-activation ``z``, one backward pass gives ``G``;
+the clipped sum is then each layer's weight gradient with output gradients ``f_r G_r`` (the layer's own
+backprop-to-weights op, no second pass through the network). Supported: Dense (any input rank), Conv2D
+(channels_last, groups=1) and Embedding, in Functional or Sequential models whose every trainable layer is
+one of these and is called once.
+
+Layers whose per-example gradients do not exist (BatchNormalization in training mixes the examples of a
+batch) or that add data-dependent losses (activity regularizers) are refused by :func:`check_layers`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras.src.models.functional import Functional
+
+from tfe_lite.errors import UnsupportedLayerError
+
+#: ``loss_fn(y, y_pred, sample_weight) -> [batch]``: each example's loss.
+LossFn = Callable[[Any, Any, Any], tf.Tensor]
+
+CLIPPING_METHODS = ("auto", "vectorized", "ghost")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Which layers can be used
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    return model._flatten_layers(include_self=False, recursive=True)
+
+
+def check_layers(model: keras.Model) -> None:
+    """Raises :class:`UnsupportedLayerError` listing every layer that has no per-example gradient."""
+    problems = []
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            problems.append(
+                f"{type(layer).__name__} {layer.name!r}: batch statistics mix the examples of a batch, so "
+                "per-example gradients do not exist (use LayerNormalization or GroupNormalization, or "
+                "freeze it with trainable=False)"
+            )
+        if getattr(layer, "activity_regularizer", None) is not None:
+            problems.append(
+                f"{type(layer).__name__} {layer.name!r}: activity_regularizer adds a data-dependent loss "
+                "outside the per-example loss (remove it)"
+            )
+    if problems:
+        raise UnsupportedLayerError(
+            "DP-SGD needs per-example gradients, which these layers do not allow:\n  - "
+            + "\n  - ".join(problems)
+        )
+
+
+def _ghost_rule(layer: keras.layers.Layer) -> str | None:
+    """Why ghost clipping cannot handle ``layer``'s trainable weights, or ``None`` if it can."""
+    kind = type(layer)
+    name = f"{kind.__name__} {layer.name!r}"
+    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+        return f"{name}: LoRA or quantized weights"
+    if kind is keras.layers.Dense or kind is keras.layers.Embedding:
+        return None
+    if kind is keras.layers.Conv2D:
+        if layer.groups != 1:
+            return f"{name}: groups={layer.groups}"
+        if layer.data_format != "channels_last":
+            return f"{name}: data_format={layer.data_format!r}"
+        return None
+    if isinstance(layer, keras.Model):
+        return f"{name}: nested model"
+    return f"{name}: no ghost-norm rule for this layer type"
+
+
+def ghost_blockers(model: keras.Model) -> list[str]:
+    """Every reason why :class:`GhostClipper` cannot handle ``model`` (empty when it can)."""
+    if not isinstance(model, (keras.Sequential, Functional)):
+        return [f"{type(model).__name__} {model.name!r}: subclassed model (needs Functional or Sequential)"]
+    blockers = []
+    for layer in model.layers:
+        if layer.trainable_weights:
+            reason = _ghost_rule(layer)
+            if reason:
+                blockers.append(reason)
+    return blockers
+
+
+# --------------------------------------------------------------------------------------------------------
+# Records
+
+
+def _to_records(t: tf.Tensor, microbatches: int | None, feature_rank: int) -> tf.Tensor:
+    """``[batch, *middle, *features]`` -> ``[records, rows, *features]`` (a record's rows are consecutive)."""
+    rank = t.shape.rank
+    shape = tf.shape(t)
+    middle = tf.reduce_prod(shape[1 : rank - feature_rank])
+    if microbatches is None:
+        records, rows = shape[0], middle
+    else:
+        records, rows = microbatches, (shape[0] // microbatches) * middle
+    out = tf.reshape(t, tf.concat([[records, rows], shape[rank - feature_rank :]], axis=0))
+    static_middle = t.shape[1 : rank - feature_rank].num_elements()
+    static_rows = static_middle if microbatches is None else None
+    records_static = t.shape[0] if microbatches is None else microbatches
+    out.set_shape([records_static, static_rows, *t.shape[rank - feature_rank :]])
+    return out
+
+
+def _expand_factors(factors: tf.Tensor, microbatches: int | None, batch: tf.Tensor) -> tf.Tensor:
+    """Per-record factors -> per-example factors."""
+    if microbatches is None:
+        return factors
+    return tf.repeat(factors, batch // microbatches)
+
+
+def _split_inputs(x: Any, microbatches: int | None) -> Any:
+    """Every tensor ``[batch, ...]`` of ``x`` -> ``[records, batch / records, ...]``."""
+
+    def split(t):
+        t = tf.convert_to_tensor(t)
+        shape = tf.shape(t)
+        if microbatches is None:
+            head = tf.stack([shape[0], 1])
+        else:
+            head = tf.stack([microbatches, shape[0] // microbatches])
+        return tf.reshape(t, tf.concat([head, shape[1:]], axis=0))
+
+    return tf.nest.map_structure(split, x)
+
+
+def _merge_records(t: tf.Tensor) -> tf.Tensor:
+    shape = tf.shape(t)
+    return tf.reshape(t, tf.concat([[shape[0] * shape[1]], shape[2:]], axis=0))
+
+
+class PerRecordGradients:
+    """The result of a clipper on one batch: predictions, losses, record norms, and the clipped sum."""
+
+    def __init__(
+        self,
+        y_pred: Any,
+        losses: tf.Tensor,
+        norms: tf.Tensor,
+        weighted_sum: Callable[[tf.Tensor], list[tf.Tensor]],
+    ) -> None:
+        #: The model's output for the batch (for metrics).
+        self.y_pred = y_pred
+        #: Each example's loss, ``[batch]``.
+        self.losses = losses
+        #: Each record's gradient L2 norm over all trainable variables, ``[records]``.
+        self.norms = norms
+        self._weighted_sum = weighted_sum
+
+    def weighted_sum(self, factors: tf.Tensor) -> list[tf.Tensor]:
+        """``sum_r factors[r] * g_r`` for every trainable variable (dense tensors, in variable order)."""
+        return self._weighted_sum(factors)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Vectorized per-record gradients
+
+
+def _unvectorizable(error: Exception, model: keras.Model) -> UnsupportedLayerError:
+    """An error naming the op that pfor could not vectorize and the layer(s) it belongs to."""
+    message = str(error)
+    op_type = re.search(r"No pfor vectorization defined for (\w+)", message)
+    op_name = re.search(r'name: "([^"]+)"', message)
+    layers = []
+    if op_name:
+        scopes = op_name.group(1).split("/")
+        for layer in _all_layers(model):
+            if any(re.fullmatch(rf"{re.escape(layer.name)}(_\d+)?", scope) for scope in scopes):
+                layers.append(layer.name)
+    what = f"op {op_type.group(1)}" if op_type else "an op"
+    where = f" in layer(s) {layers}" if layers else ""
+    return UnsupportedLayerError(
+        f"Per-example gradients of model {model.name!r} cannot be vectorized: {what}{where} has no "
+        "tf.vectorized_map rule. Replace the layer, or implement it with vectorizable TensorFlow ops."
+    )
+
+
+class VectorizedClipper:
+    """Per-record gradients of any model by ``tf.vectorized_map`` over records."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        variables: Sequence[keras.Variable],
+        loss_fn: LossFn,
+        num_microbatches: int | None = None,
+    ) -> None:
+        self._model = model
+        self._variables = list(variables)
+        self._loss_fn = loss_fn
+        self._microbatches = num_microbatches
+
+    def per_record_gradients(self, x: Any, y: Any = None, sample_weight: Any = None) -> tuple:
+        """``(gradients [records, *var.shape] per variable, losses [batch], y_pred)``."""
+        records = {"x": _split_inputs(x, self._microbatches)}
+        if y is not None:
+            records["y"] = _split_inputs(y, self._microbatches)
+        if sample_weight is not None:
+            records["sample_weight"] = _split_inputs(sample_weight, self._microbatches)
+
+        def one_record(record):
+            with tf.GradientTape() as tape:
+                y_pred = self._model(record["x"], training=True)
+                losses = self._loss_fn(record.get("y"), y_pred, record.get("sample_weight"))
+                loss = tf.math.divide_no_nan(tf.reduce_sum(losses), tf.cast(tf.size(losses), losses.dtype))
+            grads = tape.gradient(
+                loss, self._variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            return [tf.convert_to_tensor(g) for g in grads], losses, y_pred
+
+        def vectorized():
+            return tf.vectorized_map(one_record, records, fallback_to_while_loop=False)
+
+        def empty():
+            # An empty batch: some pfor rules (the loop of Conv2DBackpropFilter's) fail on zero iterations.
+            y_pred = self._model(x, training=True)
+            losses = self._loss_fn(y, y_pred, sample_weight)
+            count, rows = (0, 1) if self._microbatches is None else (self._microbatches, 0)
+
+            def split(t):
+                return tf.reshape(t, tf.concat([[count, rows], tf.shape(t)[1:]], axis=0))
+
+            grads = [tf.zeros([count, *v.shape], v.dtype) for v in self._variables]
+            return grads, split(losses), tf.nest.map_structure(split, y_pred)
+
+        try:
+            batch = tf.nest.flatten(x)[0].shape[0]
+            if batch is None:
+                grads, losses, y_pred = tf.cond(tf.shape(tf.nest.flatten(x)[0])[0] > 0, vectorized, empty)
+            else:
+                grads, losses, y_pred = vectorized() if batch > 0 else empty()
+        except (ValueError, NotImplementedError) as error:
+            if "pfor" not in str(error):
+                raise
+            raise _unvectorizable(error, self._model) from error
+        return grads, _merge_records(losses), tf.nest.map_structure(_merge_records, y_pred)
+
+    def __call__(self, x: Any, y: Any = None, sample_weight: Any = None) -> PerRecordGradients:
+        grads, losses, y_pred = self.per_record_gradients(x, y, sample_weight)
+        squares = [tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), axis=1) for g in grads]
+        norms = tf.sqrt(tf.add_n(squares))
+
+        def weighted_sum(factors):
+            return [tf.tensordot(tf.cast(factors, g.dtype), g, axes=[[0], [0]]) for g in grads]
+
+        return PerRecordGradients(y_pred, losses, norms, weighted_sum)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Ghost clipping
+
+
+class _Tap(keras.layers.Layer):
+    """Computes a tapped layer's pre-activation output with the tapped layer's own weights."""
+
+    def __init__(self, target: keras.layers.Layer, **kwargs) -> None:
+        super().__init__(dtype=target.dtype_policy, **kwargs)
+        self.target = target
+        self.supports_masking = True
+
+
+class _DenseTap(_Tap):
+    def call(self, a):
+        z = keras.ops.matmul(a, self.target.kernel)
+        return z if self.target.bias is None else z + self.target.bias
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.target.units)
+
+
+class _Conv2DTap(_Tap):
+    def call(self, a):
+        z = self.target.convolution_op(a, self.target.kernel)
+        return z if self.target.bias is None else z + self.target.bias
+
+    def compute_output_shape(self, input_shape):
+        return self.target.compute_output_shape(input_shape)
+
+
+class _EmbeddingTap(_Tap):
+    def call(self, ids):
+        if ids.dtype not in ("int32", "int64"):
+            ids = keras.ops.cast(ids, "int32")
+        return keras.ops.take(self.target.embeddings, ids, axis=0)
+
+    def compute_mask(self, ids, mask=None):
+        return self.target.compute_mask(ids, mask)
+
+    def compute_output_shape(self, input_shape):
+        return self.target.compute_output_shape(input_shape)
+
+
+_TAPS = {
+    keras.layers.Dense: _DenseTap,
+    keras.layers.Conv2D: _Conv2DTap,
+    keras.layers.Embedding: _EmbeddingTap,
+}
+
+
+def _outer_sum_sq_norms(a: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
+    """``||sum_t a_t g_t^T||_F^2`` per record for ``a [R, T, d]`` and ``g [R, T, u]``."""
+    rows, d, u = a.shape[1], a.shape[-1], g.shape[-1]
+    if rows == 1:
+        return tf.reduce_sum(tf.square(a), axis=[1, 2]) * tf.reduce_sum(tf.square(g), axis=[1, 2])
+    if rows is not None and rows * (d + u) < d * u:
+        gram_a = tf.einsum("rtd,rsd->rts", a, a)
+        gram_g = tf.einsum("rtu,rsu->rts", g, g)
+        return tf.reduce_sum(gram_a * gram_g, axis=[1, 2])
+    per_record = tf.einsum("rtd,rtu->rdu", a, g)
+    return tf.reduce_sum(tf.square(per_record), axis=[1, 2])
+
+
+def _bias_sq_norms(g: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_sum(tf.square(tf.reduce_sum(g, axis=1)), axis=-1)
+
+
+def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow's "SAME" padding (before, after) of one spatial dimension."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _conv2d_sq_norms(
+    layer: keras.layers.Layer, a: tf.Tensor, g: tf.Tensor, microbatches: int | None
+) -> tf.Tensor:
+    """Squared kernel-gradient norm of each record of a Conv2D layer (channels_last, groups=1).
+
+    The kernel gradient at offset (i, j) is ``S_ij^T G`` with ``S_ij`` the input pixels that offset reads
+    (a strided slice of the padded input): one batched matmul per offset, no im2col tensor in memory.
+    """
+    kh, kw = layer.kernel_size
+    (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
+    height, width, out_h, out_w = a.shape[1], a.shape[2], g.shape[1], g.shape[2]
+    if None in (height, width, out_h, out_w):  # dynamic image size: im2col by extract_patches
+        patches = tf.image.extract_patches(
+            a,
+            sizes=[1, kh, kw, 1],
+            strides=[1, sh, sw, 1],
+            rates=[1, dh, dw, 1],
+            padding=layer.padding.upper(),
+        )
+        return _outer_sum_sq_norms(_to_records(patches, microbatches, 1), _to_records(g, microbatches, 1))
+    if layer.padding == "same":
+        top, bottom = _same_padding(height, kh, sh, dh)
+        left, right = _same_padding(width, kw, sw, dw)
+        a = tf.pad(a, [[0, 0], [top, bottom], [left, right], [0, 0]])
+    rows_read, cols_read = (out_h - 1) * sh + 1, (out_w - 1) * sw + 1
+    windows = [
+        a[:, i * dh : i * dh + rows_read : sh, j * dw : j * dw + cols_read : sw, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    slices = [_to_records(window, microbatches, 1) for window in windows]
+    g = _to_records(g, microbatches, 1)
+    rows, channels, units = g.shape[1], a.shape[-1], g.shape[-1]
+    if rows is not None and rows * (kh * kw * channels + units) < kh * kw * channels * units:
+        gram_a = tf.add_n([tf.einsum("rtc,rsc->rts", s, s) for s in slices])
+        return tf.reduce_sum(gram_a * tf.einsum("rtu,rsu->rts", g, g), axis=[1, 2])
+    return tf.add_n(
+        [tf.reduce_sum(tf.square(tf.matmul(s, g, transpose_a=True)), axis=[1, 2]) for s in slices]
+    )
+
+
+def _sq_norms(layer: keras.layers.Layer, a: tf.Tensor, g: tf.Tensor, microbatches: int | None) -> tf.Tensor:
+    """Squared norm of each record's gradient for all of ``layer``'s weights."""
+    if isinstance(layer, keras.layers.Embedding):
+        ids = _to_records(a, microbatches, 0)
+        g = _to_records(g, microbatches, 1)
+        if ids.shape[1] == 1:
+            return tf.reduce_sum(tf.square(g), axis=[1, 2])
+        same = tf.cast(tf.equal(ids[:, :, None], ids[:, None, :]), g.dtype)
+        return tf.reduce_sum(same * tf.einsum("rtu,rsu->rts", g, g), axis=[1, 2])
+    if isinstance(layer, keras.layers.Conv2D):
+        sq = _conv2d_sq_norms(layer, a, g, microbatches)
+    else:
+        sq = _outer_sum_sq_norms(_to_records(a, microbatches, 1), _to_records(g, microbatches, 1))
+    if layer.bias is not None:
+        sq += _bias_sq_norms(_to_records(g, microbatches, 1))
+    return sq
+
+
+class GhostClipper:
+    """Record norms from activations and output gradients, for Dense, Conv2D and Embedding layers."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        variables: Sequence[keras.Variable],
+        loss_fn: LossFn,
+        num_microbatches: int | None = None,
+    ) -> None:
+        blockers = ghost_blockers(model)
+        self._taps: list[tuple[keras.layers.Layer, Any, Any]] = []
+        calls: dict[int, int] = {}
+        tap_model = None
+        if not blockers:
+            tap_model = self._build_tap_model(model, calls)
+            for layer in model.layers:
+                count = calls.get(id(layer), 0)
+                if layer.trainable_weights and count != 1:
+                    blockers.append(
+                        f"{type(layer).__name__} {layer.name!r}: called {count} times in the model's graph "
+                        "(ghost clipping needs exactly once; a shared layer sums several gradients)"
+                    )
+        tapped = {id(v) for layer, _, _ in self._taps for v in layer.trainable_weights}
+        if not blockers and tapped != {id(v) for v in variables}:
+            blockers.append(f"model {model.name!r}: trainable variables outside the tapped layers")
+        if blockers:
+            raise UnsupportedLayerError(
+                "Ghost clipping does not support:\n  - " + "\n  - ".join(blockers)
+                + "\nUse clipping='vectorized' (or 'auto', which falls back to it)."
+            )
+        self._model = model
+        self._tap_model = tap_model
+        self._variables = list(variables)
+        self._loss_fn = loss_fn
+        self._microbatches = num_microbatches
+
+    def _build_tap_model(self, model: keras.Model, calls: dict[int, int]) -> keras.Model:
+        def call_function(layer, *args, **kwargs):
+            calls[id(layer)] = calls.get(id(layer), 0) + 1
+            tap = _TAPS.get(type(layer))
+            if tap is None or not layer.trainable_weights:
+                return layer(*args, **kwargs)
+            a = args[0]
+            z = tap(layer)(a)
+            self._taps.append((layer, a, z))
+            activation = getattr(layer, "activation", None)
+            if activation is None:
+                return z
+            return keras.layers.Activation(activation, dtype=layer.dtype_policy)(z)
+
+        if isinstance(model, keras.Sequential):
+            inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
+            outputs = inputs
+            for layer in model.layers:
+                outputs = call_function(layer, outputs)
+        else:
+            clone = keras.models.clone_model(
+                model, clone_function=lambda layer: layer, call_function=call_function
+            )
+            inputs, outputs = clone.inputs, clone.output
+        zs = [z for _, _, z in self._taps]
+        acts = [a for _, a, _ in self._taps]
+        return keras.Model(inputs, [outputs, zs, acts], name=f"{model.name}_ghost_taps")
+
+    def __call__(self, x: Any, y: Any = None, sample_weight: Any = None) -> PerRecordGradients:
+        microbatches = self._microbatches
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        with tf.GradientTape(persistent=True) as tape:
+            y_pred, zs, acts = self._tap_model(x, training=True)
+            losses = self._loss_fn(y, y_pred, sample_weight)
+            total = tf.reduce_sum(losses)
+            if microbatches is not None:
+                total = total / tf.cast(tf.maximum(batch // microbatches, 1), total.dtype)
+        grads_z = tape.gradient(total, zs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        sq = [
+            _sq_norms(layer, a, g, microbatches)
+            for (layer, _, _), a, g in zip(self._taps, acts, grads_z)
+        ]
+        norms = tf.sqrt(tf.add_n(sq))
+
+        def weighted_sum(factors):
+            per_example = _expand_factors(factors, microbatches, batch)
+            result = {}
+            for (layer, _, _), z, g in zip(self._taps, zs, grads_z):
+                scale = tf.reshape(tf.cast(per_example, g.dtype), [-1] + [1] * (g.shape.rank - 1))
+                weights = layer.trainable_weights
+                grads = tape.gradient(z, weights, output_gradients=g * scale)
+                for w, grad in zip(weights, grads):
+                    result[id(w)] = tf.convert_to_tensor(grad)
+            return [result[id(v)] for v in self._variables]
+
+        return PerRecordGradients(y_pred, losses, norms, weighted_sum)
+
+
+def make_clipper(
+    model: keras.Model,
+    variables: Sequence[keras.Variable],
+    loss_fn: LossFn,
+    *,
+    method: str = "auto",
+    num_microbatches: int | None = None,
+) -> VectorizedClipper | GhostClipper:
+    """The clipper for ``method``: "ghost", "vectorized", or "auto" (ghost when every layer allows it)."""
+    if method == "vectorized" or (method == "auto" and ghost_blockers(model)):
+        return VectorizedClipper(model, variables, loss_fn, num_microbatches)
+    try:
+        return GhostClipper(model, variables, loss_fn, num_microbatches)
+    except UnsupportedLayerError:
+        if method == "ghost":
+            raise
+        return VectorizedClipper(model, variables, loss_fn, num_microbatches)
