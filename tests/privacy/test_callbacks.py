@@ -25,7 +25,8 @@ def _model(steps_per_execution=1):
 
 
 def _epsilon(steps, **kwargs):
-    return compute_epsilon(num_examples=N, batch_size=B, noise_multiplier=SIGMA, delta=DELTA, steps=steps, **kwargs)
+    return compute_epsilon(num_examples=N, batch_size=B, noise_multiplier=SIGMA, delta=DELTA, steps=steps,
+                           **kwargs)
 
 
 def test_logs_epsilon_growing_with_epochs(capsys):
@@ -45,8 +46,8 @@ def test_stops_at_the_budget_mid_epoch():
     budget = (_epsilon(25) + _epsilon(26)) / 2  # 25 steps fit, 26 do not
     callback = PrivacyBudgetCallback(N, B, SIGMA, DELTA, max_epsilon=budget, verbose=0)
     model = _model()
-    history = model.fit(poisson_batches(x, y, expected_batch_size=B, steps=STEPS, seed=0), epochs=10, verbose=0,
-                        callbacks=[callback], shuffle=False)
+    history = model.fit(poisson_batches(x, y, expected_batch_size=B, steps=STEPS, seed=0), epochs=10,
+                        verbose=0, callbacks=[callback], shuffle=False)
     assert callback.max_steps == 25 and callback.steps == 25
     assert len(history.history["epsilon"]) == 3  # stopped in the third epoch
     assert history.history["epsilon"][-1] == pytest.approx(_epsilon(25)) and callback.epsilon <= budget

@@ -89,7 +89,8 @@ def test_shapes(n, feature_shape, fraction):
 @pytest.mark.parametrize("n", [1, 7])
 def test_sampling_rate_one_takes_everything(n):
     x = np.arange(n, dtype=np.float32)
-    assert all(np.array_equal(b.numpy(), x) for b in poisson_batches(x, expected_batch_size=n, steps=3, seed=0))
+    batches = poisson_batches(x, expected_batch_size=n, steps=3, seed=0)
+    assert all(np.array_equal(b.numpy(), x) for b in batches)
 
 
 def test_nested_inputs():
@@ -147,7 +148,8 @@ def test_works_with_a_private_model_including_empty_batches():
     "kwargs, message",
     [
         ({"expected_batch_size": 0}, "Received: expected_batch_size=0"),
-        ({"expected_batch_size": 11}, "expected at most the number of examples 10. Received: expected_batch_size=11"),
+        ({"expected_batch_size": 11},
+         "expected at most the number of examples 10. Received: expected_batch_size=11"),
         ({"expected_batch_size": 2, "steps": 0}, "Received: steps=0"),
         ({"expected_batch_size": 2, "seed": 1.5}, "Received: seed=1.5"),
     ],

@@ -3,7 +3,10 @@
 The C++ library ``_ring_ops.so`` (source ``ring_ops.cc``, built by ``make ops`` /
 ``python -m tfe_lite.ops.build`` for the installed TensorFlow and this CPU) provides:
 
-- ``RingMatMul``: ``a @ b`` mod 2^64 on int64, AVX-512 (IFMA) micro-kernels on the op's CPU worker threads;
+- ``RingMatMul``: ``a @ b`` mod 2^64 on int64 on the op's CPU worker threads, with two kernels: ``"amx"``
+  (Intel AMX tile products of the operands' byte planes, where the CPU and Linux allow AMX) and
+  ``"vector"`` (AVX-512 IFMA, or portable C++ in a build for a CPU without it); ``"auto"`` picks AMX for
+  products of at least 16 x 16 outputs;
 - ``ChaCha20Keystream``: the ChaCha20 keystream behind :mod:`tfe_lite.prg`.
 
 The library is loaded on first use, never when tfe_lite is imported. When it is not built the pure
@@ -94,6 +97,14 @@ def backend() -> str:
     return "native" if available() else "tensorflow"
 
 
+def native_kernels() -> tuple[str, ...]:
+    """The ``RingMatMul`` kernels this process can run (empty when the native ops are not available)."""
+    if library() is None:
+        return ()
+    amx = ctypes.CDLL(str(LIBRARY_PATH)).tfe_lite_ring_ops_amx_available()
+    return ("amx", "vector") if amx else ("vector",)
+
+
 def _ring_operand(value, name: str) -> tf.Tensor:
     tensor = tf.convert_to_tensor(value)
     if tensor.dtype != tf.int64:
@@ -117,16 +128,17 @@ def matmul(a, b) -> tf.Tensor:
     """
     a = _ring_operand(a, "a")
     b = _ring_operand(b, "b")
+    known = a.shape.rank is not None and b.shape.rank is not None
+    if known and not a.shape[-1:].is_compatible_with(b.shape[-2:-1]):
+        raise ShapeError(
+            "Received incompatible operands for `matmul`, expected a.shape[-1] == b.shape[-2]. "
+            f"Received: a with shape {a.shape}, b with shape {b.shape}"
+        )
     lib = library()
-    if lib is None or a.shape.rank is None or b.shape.rank is None:
+    if lib is None or not known:
         return tf.matmul(a, b)
     if a.shape.rank > 2 or b.shape.rank > 2:
         batch_a, batch_b = a.shape[:-2], b.shape[:-2]
         if not (batch_a.is_fully_defined() and batch_a == batch_b):
             return tf.matmul(a, b)
-    if a.shape[-1] is not None and b.shape[-2] is not None and a.shape[-1] != b.shape[-2]:
-        raise ShapeError(
-            f"Received incompatible operands for `matmul`, expected a.shape[-1] == b.shape[-2]. "
-            f"Received: a with shape {a.shape}, b with shape {b.shape}"
-        )
     return lib.ring_mat_mul(a, b)

@@ -1,7 +1,8 @@
 // Native TensorFlow ops of tfe_lite, built by `python -m tfe_lite.ops.build` against the installed
 // TensorFlow with -march=native:
 //
-//   RingMatMul         a @ b mod 2^64 on int64 (rank 2, or equal batch dimensions in front).
+//   RingMatMul         a @ b mod 2^64 on int64 (rank 2, or equal batch dimensions in front), with an
+//                      AVX-512 IFMA kernel and an AMX kernel.
 //   ChaCha20Keystream  the ChaCha20 keystream (RFC 8439 block function) as an int64 tensor.
 //
 // Both are pure functions of their inputs (not stateful) with CPU kernels that shard their work over the
@@ -9,10 +10,14 @@
 // twins that must give bit-identical results.
 
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/op.h"
@@ -65,7 +70,8 @@ void ParallelFor(OpKernelContext* context, int64_t total, int64_t cost_per_unit,
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Ring matmul: C = A B mod 2^64, row-major, via packed panels and a register-blocked micro-kernel.
+// Ring matmul, vector kernel: C = A B mod 2^64, row-major, via packed panels and a register-blocked
+// micro-kernel. (The AMX kernel below is about 3x faster where the CPU has AMX.)
 //
 // With AVX-512 IFMA (52-bit multiply-accumulate, two per cycle here) a 64-bit product mod 2^64 costs three
 // instructions instead of vpmullq's three micro-ops plus an add. Split x = a0 + 2^52 a1 (a0 < 2^52,
@@ -85,9 +91,17 @@ void ParallelFor(OpKernelContext* context, int64_t total, int64_t cost_per_unit,
 
 constexpr int64_t kMR = 4;     // rows of A per micro-panel
 constexpr int64_t kNR = 16;    // columns of B per micro-panel
-constexpr int64_t kKC = 256;   // K block: the B micro-panel (kKC x kNR, packed) stays in L1/L2
+constexpr int64_t kKC = 128;   // K block: a packed B micro-panel (kKC x kNR, 32 KiB with IFMA) stays in L1
 constexpr int64_t kMC = 128;   // rows of a C tile (one work item)
-constexpr int64_t kNC = 256;   // columns of a C tile
+constexpr int64_t kNC = 128;   // columns of a C tile
+constexpr int64_t kRowTilesPerPass = 8;  // C tiles of a column tile that go through K together
+
+#if defined(__AVX512F__)
+// Lane mask of the first `count` (clamped to 0..8) 64-bit lanes.
+inline __mmask8 LowMask(int64_t count) {
+  return count >= 8 ? 0xFF : count <= 0 ? 0 : static_cast<__mmask8>((1u << count) - 1);
+}
+#endif
 
 #if defined(__AVX512F__) && defined(__AVX512IFMA__)
 constexpr int64_t kWords = 2;  // packed words per element: the value and its cross-term operand u / v
@@ -108,8 +122,7 @@ inline void PackA(const u64* a, int64_t rows, int64_t k_total, int64_t lda, u64*
 }
 
 inline void PackB(const u64* b, int64_t cols, int64_t k_total, int64_t ldb, u64* out) {
-  const __mmask8 m0 = cols >= 8 ? 0xFF : static_cast<__mmask8>((1u << cols) - 1);
-  const __mmask8 m1 = cols >= 16 ? 0xFF : cols <= 8 ? 0 : static_cast<__mmask8>((1u << (cols - 8)) - 1);
+  const __mmask8 m0 = LowMask(cols), m1 = LowMask(cols - 8);
   const __m512i low12 = _mm512_set1_epi64(0xFFF);
   for (int64_t k = 0; k < k_total; ++k, b += ldb, out += kWords * kNR) {
     const __m512i y0 = _mm512_maskz_loadu_epi64(m0, b);
@@ -126,6 +139,12 @@ inline void PackB(const u64* b, int64_t cols, int64_t k_total, int64_t ldb, u64*
 // C[0:rows, 0:cols] (+)= Apanel Bpanel over kc steps; rows <= kMR, cols <= kNR.
 inline void MicroKernel(int64_t kc, const u64* __restrict ap, const u64* __restrict bp, u64* c, int64_t ldc,
                         int64_t rows, int64_t cols, bool accumulate) {
+  if (accumulate) {  // the C tile is read at the end: start fetching it now
+    for (int64_t i = 0; i < rows; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + kNR - 1), _MM_HINT_T0);
+    }
+  }
   __m512i lo[kMR][2], hi[kMR][2], cross[kMR][2];
   for (int i = 0; i < kMR; ++i) {
     for (int j = 0; j < 2; ++j) {
@@ -149,8 +168,7 @@ inline void MicroKernel(int64_t kc, const u64* __restrict ap, const u64* __restr
       cross[i][1] = _mm512_madd52lo_epu64(cross[i][1], u, v1);
     }
   }
-  const __mmask8 m0 = cols >= 8 ? 0xFF : static_cast<__mmask8>((1u << cols) - 1);
-  const __mmask8 m1 = cols >= 16 ? 0xFF : cols <= 8 ? 0 : static_cast<__mmask8>((1u << (cols - 8)) - 1);
+  const __mmask8 m0 = LowMask(cols), m1 = LowMask(cols - 8);
   // Constant indices only (a fully unrolled loop), so the accumulators stay in registers.
 #pragma GCC unroll 4
   for (int i = 0; i < kMR; ++i, c += ldc) {
@@ -199,99 +217,416 @@ inline void MicroKernel(int64_t kc, const u64* __restrict ap, const u64* __restr
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// batch independent products C_i = A_i B_i with A_i [m, k], B_i [k, n], all row-major and contiguous.
-void RingGemm(OpKernelContext* context, const u64* a, const u64* b, u64* c, int64_t batch, int64_t m,
-              int64_t k, int64_t n) {
-  if (batch == 0 || m == 0 || n == 0) return;
-  if (k == 0) {
-    std::memset(c, 0, sizeof(u64) * batch * m * n);
-    return;
-  }
-  const int64_t a_panels = CeilDiv(m, kMR), b_panels = CeilDiv(n, kNR);
-  const int64_t a_panel_words = kWords * kMR * k, b_panel_words = kWords * kNR * k;
-  Tensor a_packed_t, b_packed_t;
-  OP_REQUIRES_OK(context, context->allocate_temp(::tensorflow::DT_INT64,
-                                                 TensorShape({batch * a_panels * a_panel_words}), &a_packed_t));
-  OP_REQUIRES_OK(context, context->allocate_temp(::tensorflow::DT_INT64,
-                                                 TensorShape({batch * b_panels * b_panel_words}), &b_packed_t));
-  u64* a_packed = reinterpret_cast<u64*>(a_packed_t.flat<int64_t>().data());
-  u64* b_packed = reinterpret_cast<u64*>(b_packed_t.flat<int64_t>().data());
+// The blocked GEMM of `batch` independent products C_i = A_i B_i (A_i [m, k], B_i [k, n], row-major and
+// contiguous), free of TensorFlow types so that it can be benchmarked alone.
+//
+// Packed layout: per batch entry and K block (k0, kc), all micro-panels of that block are contiguous, so a
+// K block of a C tile reads one contiguous stretch of packed A and of packed B.
+struct Gemm {
+  using Packed = u64;
+  const u64* a;
+  const u64* b;
+  u64* c;
+  int64_t batch, m, k, n;
 
-  // Pack every panel once: units are A panels then B panels, over the batch.
-  const int64_t pack_units = batch * (a_panels + b_panels);
-  ParallelFor(context, pack_units, 8 * kNR * k, [&](int64_t begin, int64_t end) {
-    for (int64_t unit = begin; unit < end; ++unit) {
-      if (unit < batch * a_panels) {
-        const int64_t bi = unit / a_panels, p = unit % a_panels;
-        PackA(a + (bi * m + p * kMR) * k, std::min(kMR, m - p * kMR), k, k, a_packed + unit * a_panel_words);
-      } else {
-        const int64_t u = unit - batch * a_panels, bi = u / b_panels, q = u % b_panels;
-        PackB(b + bi * k * n + q * kNR, std::min(kNR, n - q * kNR), k, n, b_packed + u * b_panel_words);
+  int64_t a_panels() const { return CeilDiv(m, kMR); }
+  int64_t b_panels() const { return CeilDiv(n, kNR); }
+  int64_t a_packed_words() const { return batch * a_panels() * kWords * kMR * k; }
+  int64_t b_packed_words() const { return batch * b_panels() * kWords * kNR * k; }
+  int64_t row_tiles() const { return CeilDiv(m, kMC); }
+  int64_t col_tiles() const { return CeilDiv(n, kNC); }
+
+  // Pack unit u < batch * (a_panels + b_panels): one A micro-panel or one B micro-panel over all of K.
+  void Pack(int64_t unit, u64* a_packed, u64* b_packed) const {
+    if (unit < batch * a_panels()) {
+      const int64_t bi = unit / a_panels(), p = unit % a_panels();
+      const u64* src = a + (bi * m + p * kMR) * k;
+      u64* dst = a_packed + bi * a_panels() * kWords * kMR * k;
+      for (int64_t k0 = 0; k0 < k; k0 += kKC) {
+        const int64_t kc = std::min(kKC, k - k0);
+        PackA(src + k0, std::min(kMR, m - p * kMR), kc, k,
+              dst + kWords * kMR * (k0 * a_panels() + p * kc));
+      }
+    } else {
+      const int64_t u = unit - batch * a_panels(), bi = u / b_panels(), q = u % b_panels();
+      const u64* src = b + bi * k * n + q * kNR;
+      u64* dst = b_packed + bi * b_panels() * kWords * kNR * k;
+      for (int64_t k0 = 0; k0 < k; k0 += kKC) {
+        const int64_t kc = std::min(kKC, k - k0);
+        PackB(src + k0 * n, std::min(kNR, n - q * kNR), kc, n, dst + kWords * kNR * (k0 * b_panels() + q * kc));
       }
     }
-  });
+  }
 
-  // Work items are kMC x kNC tiles of C; within a tile, each B micro-panel is reused across the tile's rows.
-  const int64_t row_tiles = CeilDiv(m, kMC), col_tiles = CeilDiv(n, kNC);
-  const int64_t tile_cost = std::min(m, kMC) * std::min(n, kNC) * k / 4 + 1;
-  ParallelFor(context, batch * row_tiles * col_tiles, tile_cost, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t bi = item / (row_tiles * col_tiles);
-      const int64_t i0 = (item / col_tiles) % row_tiles * kMC, j0 = item % col_tiles * kNC;
-      const int64_t i1 = std::min(m, i0 + kMC), j1 = std::min(n, j0 + kNC);
-      const u64* a_base = a_packed + bi * a_panels * a_panel_words;
-      const u64* b_base = b_packed + bi * b_panels * b_panel_words;
+  // Work items are kMC x kNC tiles of C, numbered (batch, column tile, row tile) with rows fastest. Up to
+  // kRowTilesPerPass items of a column tile run K block by K block together, so each packed B block
+  // (kKC x kNC) is fetched into L2 once for all of them while their C tiles also stay in L2; within a
+  // row tile, each B micro-panel stays in L1 while the A micro-panels stream past it.
+  void Compute(int64_t begin, int64_t end, const u64* a_packed, const u64* b_packed) const {
+    const int64_t rows = row_tiles(), cols = col_tiles();
+    for (int64_t item = begin; item < end;) {
+      const int64_t group = item / rows;  // (batch, column tile)
+      const int64_t last = std::min({end, (group + 1) * rows, item + kRowTilesPerPass});
+      const int64_t bi = group / cols, j0 = group % cols * kNC, j1 = std::min(n, j0 + kNC);
+      const u64* a_base = a_packed + bi * a_panels() * kWords * kMR * k;
+      const u64* b_base = b_packed + bi * b_panels() * kWords * kNR * k;
       u64* c_base = c + bi * m * n;
       for (int64_t k0 = 0; k0 < k; k0 += kKC) {
         const int64_t kc = std::min(kKC, k - k0);
-        for (int64_t j = j0; j < j1; j += kNR) {
-          const u64* bp = b_base + (j / kNR) * b_panel_words + k0 * kWords * kNR;
-          for (int64_t i = i0; i < i1; i += kMR) {
-            const u64* ap = a_base + (i / kMR) * a_panel_words + k0 * kWords * kMR;
-            MicroKernel(kc, ap, bp, c_base + i * n + j, n, std::min(kMR, i1 - i), std::min(kNR, j1 - j),
-                        k0 > 0);
+        const u64* a_block = a_base + kWords * kMR * k0 * a_panels();
+        const u64* b_block = b_base + kWords * kNR * k0 * b_panels();
+        for (int64_t tile = item % rows; tile < item % rows + (last - item); ++tile) {
+          const int64_t i0 = tile * kMC, i1 = std::min(m, i0 + kMC);
+          for (int64_t j = j0; j < j1; j += kNR) {
+            const u64* bp = b_block + kWords * kNR * kc * (j / kNR);
+            for (int64_t i = i0; i < i1; i += kMR) {
+              MicroKernel(kc, a_block + kWords * kMR * kc * (i / kMR), bp, c_base + i * n + j, n,
+                          std::min(kMR, i1 - i), std::min(kNR, j1 - j), k0 > 0);
+            }
           }
         }
       }
+      item = last;
     }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// AMX ring matmul. A 64-bit product is a sum of byte products: with x = sum_i x_i 2^(8i) and
+// y = sum_j y_j 2^(8j) (bytes x_i, y_j),
+//
+//   sum_k x_k y_k = sum_s 2^(8s) P_s  (mod 2^64),   P_s = sum_k sum_{i+j=s} x_{k,i} y_{k,j},  s = 0..7
+//
+// 36 byte-matrix products X_i Y_j (i + j <= 7), each an AMX TDPBUUD (u8 x u8 -> int32 accumulate, 16x16
+// outputs x 64 k per instruction). P_s accumulates in int32 and must be exact only modulo 2^(64-8s): for
+// s >= 4 wrapping is harmless, for s <= 3 P_s < k * 4 * 255^2 < 2^32 holds for k <= 16384 (kAmxMaxK),
+// the K block after which the P_s are folded into C.
+//
+// Packed operands: per 16-row block of A and 64-k chunk, 8 tiles (one per byte plane i) of 16 rows x 64
+// bytes; per 16-column block of B and chunk, 8 tiles of 16 rows (groups of 4 k) x [16 columns][4 k]
+// bytes, the layout TDPBUUD expects for its second operand. Tile registers: 0-3 accumulate four s levels,
+// 4 holds an A plane, 5-7 up to three B planes; the s levels go in two passes, 0-3 and 4-7.
+// ---------------------------------------------------------------------------------------------------------
+
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AVX512VBMI__) && defined(__AVX512F__)
+#define TFE_LITE_HAVE_AMX 1
+
+constexpr int64_t kAmxTile = 16;                   // rows and columns of an output tile
+constexpr int64_t kAmxChunk = 64;                  // k per tile product
+constexpr int64_t kAmxTileBytes = 1024;
+constexpr int64_t kAmxChunkBytes = 8 * kAmxTileBytes;  // 8 byte planes
+constexpr int64_t kAmxMaxK = 16384;
+
+// Whether this process may use AMX tiles: Linux grants the permission on request (once per process).
+bool AmxPermitted() {
+  static const bool permitted = [] {
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return permitted;
+}
+
+struct AmxTileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// r[j] becomes (r0[j], r1[j], ..., r7[j]): an 8x8 transpose of 64-bit words.
+inline void Transpose8x8(__m512i r[8]) {
+  __m512i t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi64(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi64(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 0-3, then 4-7
+    u[4 * h + 0] = _mm512_shuffle_i64x2(t[4 * h], t[4 * h + 2], 0x88);
+    u[4 * h + 1] = _mm512_shuffle_i64x2(t[4 * h], t[4 * h + 2], 0xDD);
+    u[4 * h + 2] = _mm512_shuffle_i64x2(t[4 * h + 1], t[4 * h + 3], 0x88);
+    u[4 * h + 3] = _mm512_shuffle_i64x2(t[4 * h + 1], t[4 * h + 3], 0xDD);
+  }
+  r[0] = _mm512_shuffle_i64x2(u[0], u[4], 0x88);
+  r[4] = _mm512_shuffle_i64x2(u[0], u[4], 0xDD);
+  r[2] = _mm512_shuffle_i64x2(u[1], u[5], 0x88);
+  r[6] = _mm512_shuffle_i64x2(u[1], u[5], 0xDD);
+  r[1] = _mm512_shuffle_i64x2(u[2], u[6], 0x88);
+  r[5] = _mm512_shuffle_i64x2(u[2], u[6], 0xDD);
+  r[3] = _mm512_shuffle_i64x2(u[3], u[7], 0x88);
+  r[7] = _mm512_shuffle_i64x2(u[3], u[7], 0xDD);
+}
+
+// Byte permutations: kPlanes turns 8 int64 into [byte plane i][value t]; kKGroups turns [h][k b][column
+// n'] into [h][column n'][k b], the 4-k groups of a TDPBUUD B row.
+alignas(64) constexpr uint8_t kPlanes[64] = {
+    0, 8, 16, 24, 32, 40, 48, 56, 1, 9, 17, 25, 33, 41, 49, 57, 2, 10, 18, 26, 34, 42, 50, 58,
+    3, 11, 19, 27, 35, 43, 51, 59, 4, 12, 20, 28, 36, 44, 52, 60, 5, 13, 21, 29, 37, 45, 53, 61,
+    6, 14, 22, 30, 38, 46, 54, 62, 7, 15, 23, 31, 39, 47, 55, 63};
+alignas(64) constexpr uint8_t kKGroups[64] = {
+    0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27, 4, 12, 20, 28, 5, 13, 21, 29,
+    6, 14, 22, 30, 7, 15, 23, 31, 32, 40, 48, 56, 33, 41, 49, 57, 34, 42, 50, 58, 35, 43, 51, 59,
+    36, 44, 52, 60, 37, 45, 53, 61, 38, 46, 54, 62, 39, 47, 55, 63};
+
+// Tile register numbers must be literals (g++ pastes them into inline assembly), hence the templates.
+template <int C, int B>
+inline void AmxDpbuud() {
+#define TFE_LITE_DPBUUD(c, b) \
+  if constexpr (C == c && B == b) _tile_dpbuud(c, 4, b);
+  TFE_LITE_DPBUUD(0, 5) TFE_LITE_DPBUUD(0, 6) TFE_LITE_DPBUUD(0, 7)
+  TFE_LITE_DPBUUD(1, 5) TFE_LITE_DPBUUD(1, 6) TFE_LITE_DPBUUD(1, 7)
+  TFE_LITE_DPBUUD(2, 5) TFE_LITE_DPBUUD(2, 6) TFE_LITE_DPBUUD(2, 7)
+  TFE_LITE_DPBUUD(3, 5) TFE_LITE_DPBUUD(3, 6) TFE_LITE_DPBUUD(3, 7)
+#undef TFE_LITE_DPBUUD
+}
+
+template <int S0, int J0, int NJ, int I, int JJ>
+inline void AmxDot() {
+  constexpr int s = I + J0 + JJ;
+  if constexpr (JJ < NJ && s >= S0 && s < S0 + 4) AmxDpbuud<s - S0, 5 + JJ>();
+}
+
+template <int S0, int J0, int NJ, int I>
+inline void AmxRow(const uint8_t* a_chunk) {
+  constexpr bool used = (I + J0 < S0 + 4) && (I + J0 + NJ - 1 >= S0);
+  if constexpr (used) {
+    _tile_loadd(4, a_chunk + I * kAmxTileBytes, 64);
+    AmxDot<S0, J0, NJ, I, 0>();
+    AmxDot<S0, J0, NJ, I, 1>();
+    AmxDot<S0, J0, NJ, I, 2>();
+  }
+}
+
+template <int S0, int J0, int NJ, int... I>
+inline void AmxGroup(const uint8_t* a_chunk, const uint8_t* b_chunk, std::integer_sequence<int, I...>) {
+  _tile_loadd(5, b_chunk + J0 * kAmxTileBytes, 64);
+  if constexpr (NJ > 1) _tile_loadd(6, b_chunk + (J0 + 1) * kAmxTileBytes, 64);
+  if constexpr (NJ > 2) _tile_loadd(7, b_chunk + (J0 + 2) * kAmxTileBytes, 64);
+  (AmxRow<S0, J0, NJ, I>(a_chunk), ...);
+}
+
+// One pass: tiles 0-3 accumulate P_S0 .. P_S0+3 over `chunks` chunks, then go to p[S0 .. S0+3].
+template <int S0>
+void AmxPass(const uint8_t* a, const uint8_t* b, int64_t chunks, int32_t* p) {
+  using Rows = std::make_integer_sequence<int, 8>;
+  _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+  for (int64_t c = 0; c < chunks; ++c, a += kAmxChunkBytes, b += kAmxChunkBytes) {
+    if constexpr (S0 == 0) {  // byte planes j = 0..3 pair with i <= 3 - j
+      AmxGroup<S0, 0, 3>(a, b, Rows{});
+      AmxGroup<S0, 3, 1>(a, b, Rows{});
+    } else {
+      AmxGroup<S0, 0, 3>(a, b, Rows{});
+      AmxGroup<S0, 3, 3>(a, b, Rows{});
+      AmxGroup<S0, 6, 2>(a, b, Rows{});
+    }
+  }
+  _tile_stored(0, p + (S0 + 0) * 256, 64);
+  _tile_stored(1, p + (S0 + 1) * 256, 64);
+  _tile_stored(2, p + (S0 + 2) * 256, 64);
+  _tile_stored(3, p + (S0 + 3) * 256, 64);
+}
+
+struct AmxGemm {
+  using Packed = uint8_t;
+  const u64* a;
+  const u64* b;
+  u64* c;
+  int64_t batch, m, k, n;
+
+  int64_t row_blocks() const { return CeilDiv(m, kAmxTile); }
+  int64_t col_blocks() const { return CeilDiv(n, kAmxTile); }
+  int64_t chunks() const { return CeilDiv(k, kAmxChunk); }
+  int64_t a_packed_bytes() const { return batch * row_blocks() * chunks() * kAmxChunkBytes; }
+  int64_t b_packed_bytes() const { return batch * col_blocks() * chunks() * kAmxChunkBytes; }
+
+  // Pack unit: (batch, row block or column block, chunk), A units first.
+  int64_t pack_units() const { return batch * (row_blocks() + col_blocks()) * chunks(); }
+
+  void Pack(int64_t unit, uint8_t* a_packed, uint8_t* b_packed) const {
+    const __m512i planes = _mm512_load_si512(kPlanes);
+    const int64_t a_units = batch * row_blocks() * chunks();
+    if (unit < a_units) {
+      const int64_t bi = unit / (row_blocks() * chunks()), p = unit / chunks() % row_blocks();
+      const int64_t chunk = unit % chunks(), k0 = chunk * kAmxChunk;
+      uint8_t* dst = a_packed + unit * kAmxChunkBytes;
+      for (int64_t r = 0; r < kAmxTile; ++r) {  // tile row r of the 8 planes
+        const int64_t row = p * kAmxTile + r;
+        __m512i v[8];
+        for (int seg = 0; seg < 8; ++seg) {
+          const int64_t kk = k0 + 8 * seg;
+          const __mmask8 mask = row < m ? LowMask(k - kk) : 0;
+          const u64* src = a + (bi * m + std::min(row, m - 1)) * k + std::min(kk, k);
+          v[seg] = _mm512_permutexvar_epi8(planes, _mm512_maskz_loadu_epi64(mask, src));
+        }
+        Transpose8x8(v);  // v[i]: plane i of the 64 values of this row
+        for (int i = 0; i < 8; ++i) _mm512_store_si512(dst + i * kAmxTileBytes + r * 64, v[i]);
+      }
+    } else {
+      const int64_t u = unit - a_units;
+      const int64_t bi = u / (col_blocks() * chunks()), q = u / chunks() % col_blocks();
+      const int64_t chunk = u % chunks(), k0 = chunk * kAmxChunk;
+      const int64_t col = q * kAmxTile;
+      const __mmask8 mask0 = LowMask(n - col), mask1 = LowMask(n - col - 8);
+      const __m512i groups = _mm512_load_si512(kKGroups);
+      uint8_t* dst = b_packed + u * kAmxChunkBytes;
+      for (int64_t g = 0; g < kAmxTile; ++g) {  // tile row g: k = k0 + 4g .. k0 + 4g + 3
+        __m512i v[8];  // v[4h + kb]: row k0 + 4g + kb, columns col + 8h ..
+        for (int kb = 0; kb < 4; ++kb) {
+          const int64_t row = k0 + 4 * g + kb;
+          const u64* src = b + (bi * k + std::min(row, k - 1)) * n + col;
+          const bool inside = row < k;
+          v[kb] = _mm512_permutexvar_epi8(planes, _mm512_maskz_loadu_epi64(inside ? mask0 : 0, src));
+          v[4 + kb] = _mm512_permutexvar_epi8(planes, _mm512_maskz_loadu_epi64(inside ? mask1 : 0, src + 8));
+        }
+        Transpose8x8(v);  // v[j]: plane j as [h][kb][n']
+        for (int j = 0; j < 8; ++j) {
+          _mm512_store_si512(dst + j * kAmxTileBytes + g * 64, _mm512_permutexvar_epi8(groups, v[j]));
+        }
+      }
+    }
+  }
+
+  // C block (p, q) (+)= sum_s 2^(8s) P_s.
+  void Fold(const int32_t* p_levels, u64* c_block, int64_t rows, int64_t cols, bool accumulate) const {
+    const __mmask8 mask0 = LowMask(cols), mask1 = LowMask(cols - 8);
+    for (int64_t r = 0; r < rows; ++r, c_block += n) {
+      __m512i sum0 = _mm512_setzero_si512(), sum1 = _mm512_setzero_si512();
+      for (int s = 0; s < 8; ++s) {
+        const __m512i level = _mm512_load_si512(p_levels + s * 256 + r * 16);
+        const __m128i shift = _mm_cvtsi32_si128(8 * s);
+        sum0 = _mm512_add_epi64(sum0, _mm512_sll_epi64(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(level)), shift));
+        sum1 = _mm512_add_epi64(sum1,
+                                _mm512_sll_epi64(_mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(level, 1)), shift));
+      }
+      if (accumulate) {
+        sum0 = _mm512_add_epi64(sum0, _mm512_maskz_loadu_epi64(mask0, c_block));
+        sum1 = _mm512_add_epi64(sum1, _mm512_maskz_loadu_epi64(mask1, c_block + 8));
+      }
+      _mm512_mask_storeu_epi64(c_block, mask0, sum0);
+      _mm512_mask_storeu_epi64(c_block + 8, mask1, sum1);
+    }
+  }
+
+  // Column blocks per group: the packed B of a group (about 1 MiB) stays in L2 while the row blocks pass.
+  int64_t group_cols() const { return std::max<int64_t>(1, (int64_t{1} << 20) / (chunks() * kAmxChunkBytes)); }
+
+  // Items are output blocks, per batch entry in groups of group_cols() column blocks; within a group, row
+  // block by row block, so consecutive items share the packed A of their row block and each group's B is
+  // fetched into L2 once. Configures the calling thread's tiles and releases them after.
+  void Compute(int64_t begin, int64_t end, const uint8_t* a_packed, const uint8_t* b_packed) const {
+    AmxTileConfig config;
+    for (int t = 0; t < 8; ++t) {
+      config.rows[t] = kAmxTile;
+      config.colsb[t] = 64;
+    }
+    _tile_loadconfig(&config);
+    alignas(64) int32_t levels[8 * 256];
+    const int64_t rb = row_blocks(), cb = col_blocks(), ch = chunks(), gc = group_cols();
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bi = item / (rb * cb), index = item % (rb * cb);
+      const int64_t group = index / (rb * gc), offset = index % (rb * gc);
+      const int64_t width = std::min(gc, cb - group * gc);
+      const int64_t p = offset / width, q = group * gc + offset % width;
+      const uint8_t* a_base = a_packed + (bi * rb + p) * ch * kAmxChunkBytes;
+      const uint8_t* b_base = b_packed + (bi * cb + q) * ch * kAmxChunkBytes;
+      u64* c_block = c + bi * m * n + p * kAmxTile * n + q * kAmxTile;
+      constexpr int64_t kBlockChunks = kAmxMaxK / kAmxChunk;
+      for (int64_t c0 = 0; c0 < ch; c0 += kBlockChunks) {
+        const int64_t count = std::min(kBlockChunks, ch - c0);
+        AmxPass<0>(a_base + c0 * kAmxChunkBytes, b_base + c0 * kAmxChunkBytes, count, levels);
+        AmxPass<4>(a_base + c0 * kAmxChunkBytes, b_base + c0 * kAmxChunkBytes, count, levels);
+        Fold(levels, c_block, std::min(kAmxTile, m - p * kAmxTile), std::min(kAmxTile, n - q * kAmxTile), c0 > 0);
+      }
+    }
+    _tile_release();
+  }
+};
+#endif  // AMX
+
+bool AmxAvailable() {
+#ifdef TFE_LITE_HAVE_AMX
+  return AmxPermitted();
+#else
+  return false;
+#endif
+}
+
+// C = A B for the batch, on the op's worker threads: pack both operands, then compute the output tiles.
+template <typename Kernel>
+void RingGemm(OpKernelContext* context, const Kernel& gemm, int64_t a_packed_words, int64_t b_packed_words,
+              int64_t pack_units, int64_t pack_cost, int64_t items, int64_t item_cost) {
+  Tensor a_packed_t, b_packed_t;
+  OP_REQUIRES_OK(context, context->allocate_temp(::tensorflow::DT_INT64, TensorShape({a_packed_words}),
+                                                 &a_packed_t));
+  OP_REQUIRES_OK(context, context->allocate_temp(::tensorflow::DT_INT64, TensorShape({b_packed_words}),
+                                                 &b_packed_t));
+  auto* a_packed = reinterpret_cast<typename Kernel::Packed*>(a_packed_t.flat<int64_t>().data());
+  auto* b_packed = reinterpret_cast<typename Kernel::Packed*>(b_packed_t.flat<int64_t>().data());
+  ParallelFor(context, pack_units, pack_cost, [&](int64_t begin, int64_t end) {
+    for (int64_t unit = begin; unit < end; ++unit) gemm.Pack(unit, a_packed, b_packed);
   });
+  ParallelFor(context, items, item_cost,
+              [&](int64_t begin, int64_t end) { gemm.Compute(begin, end, a_packed, b_packed); });
 }
 
 class RingMatMulOp : public OpKernel {
  public:
-  explicit RingMatMulOp(OpKernelConstruction* context) : OpKernel(context) {}
+  explicit RingMatMulOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("kernel", &kernel_));
+    OP_REQUIRES(context, kernel_ != "amx" || AmxAvailable(),
+                absl::UnimplementedError("RingMatMul: kernel='amx' needs a CPU and Linux kernel with AMX "
+                                         "(and a library built for it); use kernel='auto'"));
+  }
 
   void Compute(OpKernelContext* context) override {
     const Tensor& a = context->input(0);
     const Tensor& b = context->input(1);
     const int rank = a.dims();
     OP_REQUIRES(context, rank >= 2 && b.dims() == rank,
-                InvalidArgument(
-                    "RingMatMul expects operands of equal rank >= 2, got shapes ", a.shape().DebugString(),
-                    " and ", b.shape().DebugString()));
+                InvalidArgument("RingMatMul expects operands of equal rank >= 2, got shapes ",
+                                a.shape().DebugString(), " and ", b.shape().DebugString()));
     TensorShape out_shape;
     int64_t batch = 1;
     for (int d = 0; d < rank - 2; ++d) {
       OP_REQUIRES(context, a.dim_size(d) == b.dim_size(d),
-                  InvalidArgument(
-                      "RingMatMul expects equal batch dimensions, got shapes ", a.shape().DebugString(), " and ",
-                      b.shape().DebugString()));
+                  InvalidArgument("RingMatMul expects equal batch dimensions, got shapes ",
+                                  a.shape().DebugString(), " and ", b.shape().DebugString()));
       OP_REQUIRES_OK(context, out_shape.AddDimWithStatus(a.dim_size(d)));
       batch *= a.dim_size(d);
     }
     const int64_t m = a.dim_size(rank - 2), k = a.dim_size(rank - 1), n = b.dim_size(rank - 1);
     OP_REQUIRES(context, b.dim_size(rank - 2) == k,
-                InvalidArgument("RingMatMul: inner dimensions differ, got shapes ",
-                                                      a.shape().DebugString(), " and ",
-                                                      b.shape().DebugString()));
+                InvalidArgument("RingMatMul: inner dimensions differ, got shapes ", a.shape().DebugString(),
+                                " and ", b.shape().DebugString()));
     OP_REQUIRES_OK(context, out_shape.AddDimWithStatus(m));
     OP_REQUIRES_OK(context, out_shape.AddDimWithStatus(n));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, out_shape, &out));
-    RingGemm(context, reinterpret_cast<const u64*>(a.flat<int64_t>().data()),
-             reinterpret_cast<const u64*>(b.flat<int64_t>().data()),
-             reinterpret_cast<u64*>(out->flat<int64_t>().data()), batch, m, k, n);
+    if (batch == 0 || m == 0 || n == 0) return;
+    const u64* a_data = reinterpret_cast<const u64*>(a.flat<int64_t>().data());
+    const u64* b_data = reinterpret_cast<const u64*>(b.flat<int64_t>().data());
+    u64* c_data = reinterpret_cast<u64*>(out->flat<int64_t>().data());
+    if (k == 0) {
+      std::memset(c_data, 0, sizeof(u64) * batch * m * n);
+      return;
+    }
+#ifdef TFE_LITE_HAVE_AMX
+    // AMX computes 16 x 16 output tiles: below that the vector kernel wastes less.
+    const bool amx = kernel_ == "amx" || (kernel_ == "auto" && m >= 16 && n >= 16 && k >= 32 && AmxAvailable());
+    if (amx) {
+      const AmxGemm gemm{a_data, b_data, c_data, batch, m, k, n};
+      RingGemm(context, gemm, CeilDiv(gemm.a_packed_bytes(), 8), CeilDiv(gemm.b_packed_bytes(), 8),
+               gemm.pack_units(), 16 * kAmxChunk * 4, batch * gemm.row_blocks() * gemm.col_blocks(),
+               gemm.chunks() * 36 * 16 * 2);
+      return;
+    }
+#endif
+    const Gemm gemm{a_data, b_data, c_data, batch, m, k, n};
+    RingGemm(context, gemm, gemm.a_packed_words(), gemm.b_packed_words(),
+             batch * (gemm.a_panels() + gemm.b_panels()), 4 * kNR * k, batch * gemm.col_tiles() * gemm.row_tiles(),
+             std::min(m, kMC) * std::min(n, kNC) * k / 4 + 1);
   }
+
+ private:
+  std::string kernel_;
 };
 
 absl::Status RingMatMulShape(InferenceContext* c) {
@@ -488,13 +823,21 @@ absl::Status ChaCha20KeystreamShape(InferenceContext* c) {
 }  // namespace
 }  // namespace tfe_lite
 
+// Whether RingMatMul's kernel='amx' works in this process (for tests and benchmarks).
+extern "C" __attribute__((visibility("default"))) int tfe_lite_ring_ops_amx_available() {
+  return tfe_lite::AmxAvailable() ? 1 : 0;
+}
+
 REGISTER_OP("RingMatMul")
     .Input("a: int64")
     .Input("b: int64")
     .Output("product: int64")
+    .Attr("kernel: {'auto', 'amx', 'vector'} = 'auto'")
     .SetShapeFn(tfe_lite::RingMatMulShape)
     .Doc(R"doc(
 a @ b modulo 2^64 for int64 operands of equal rank >= 2 with equal batch dimensions (no broadcasting).
+kernel: 'amx' (AMX byte-plane products), 'vector' (AVX-512 IFMA, or portable code where the build has no
+IFMA), or 'auto': AMX where available and the product has at least 16 x 16 outputs, else vector.
 )doc");
 
 REGISTER_OP("ChaCha20Keystream")

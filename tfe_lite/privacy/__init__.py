@@ -1,0 +1,20 @@
+"""Differential privacy for any Keras 3 model: DP-SGD, accounting, sampling, membership inference.
+
+Uses no protocol code. See :func:`make_private` and :func:`compute_epsilon`.
+"""
+
+from tfe_lite.privacy.accounting import compute_epsilon, compute_noise_multiplier, dp_sgd_event, privacy_statement
+from tfe_lite.privacy.attacks import (
+    AttackResult, lira_attack, loss_threshold_attack, loss_threshold_attack_on_model,
+)
+from tfe_lite.privacy.callbacks import PrivacyBudgetCallback
+from tfe_lite.privacy.model import AdaptiveClipping, DPConfig, DPModel, make_private
+from tfe_lite.privacy.noise import GeneratorNoise, SecureNoise
+from tfe_lite.privacy.sampling import poisson_batches
+
+__all__ = [
+    "AdaptiveClipping", "AttackResult", "DPConfig", "DPModel", "GeneratorNoise", "PrivacyBudgetCallback",
+    "SecureNoise", "compute_epsilon", "compute_noise_multiplier", "dp_sgd_event", "lira_attack",
+    "loss_threshold_attack", "loss_threshold_attack_on_model", "make_private", "poisson_batches",
+    "privacy_statement",
+]

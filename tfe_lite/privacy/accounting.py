@@ -383,6 +383,7 @@ def privacy_statement(
         return textwrap.fill(text, width=88)
 
     length = f"{schedule.steps} steps" if epochs is None else f"{epochs:g} epochs ({schedule.steps} steps)"
+    doubled = " (sensitivity doubled: the accounting uses half the noise multiplier)" if microbatching else ""
     if sampling == "poisson":
         batch = f"expected batch size {batch_size:g} (sampling rate q = {schedule.sampling_probability:.4g})"
     else:
@@ -391,8 +392,7 @@ def privacy_statement(
         fill(
             f"DP-SGD over {schedule.num_examples} examples with {batch}, noise multiplier "
             f"{noise_multiplier:g}, for {length}, "
-            f"{'with' if microbatching else 'without'} microbatching"
-            f"{' (sensitivity doubled: the accounting uses half the noise multiplier)' if microbatching else ''}."
+            f"{'with' if microbatching else 'without'} microbatching{doubled}."
         ),
         fill(
             f"Example-level DP with add-or-remove-one adjacency at delta = {delta:g}. The guarantee protects "

@@ -9,8 +9,8 @@ Two attacks, both scored as "higher means more likely a member" and evaluated by
   First Principles" (S&P 2022). Steps:
 
   1. train the target model on a random half of the data (or take a trained target and its membership);
-  2. train ``K`` shadow models on random halves, balanced so that every example is in exactly ``K // 2``
-     of them ("IN") and out of the rest ("OUT");
+  2. train ``K`` shadow models on random (about) halves, balanced so that every example is in exactly
+     ``K // 2`` of them ("IN") and out of the rest ("OUT");
   3. for every model and example compute the logit-scaled confidence
      ``phi = log(p_y / (1 - p_y))``, which is close to Gaussian across models;
   4. fit, per example, a Gaussian to its IN and to its OUT confidences (means per example; the standard
@@ -50,7 +50,9 @@ def _scores_and_labels(scores, is_member) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     labels = np.asarray(is_member).reshape(-1)
     if scores.shape != labels.shape:
-        raise ShapeError(f"Expected one label per score. Received {scores.size} scores and {labels.size} labels.")
+        raise ShapeError(
+            f"Expected one label per score. Received {scores.size} scores and {labels.size} labels."
+        )
     if not np.all(np.isfinite(scores)):
         raise ConfigError("Received non-finite membership scores (NaN or infinity).")
     if labels.dtype != bool:
@@ -85,7 +87,9 @@ def roc_auc(scores, is_member) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
-def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, targets: Sequence[float] = DEFAULT_FPRS) -> dict[float, float]:
+def tpr_at_fpr(
+    fpr: np.ndarray, tpr: np.ndarray, targets: Sequence[float] = DEFAULT_FPRS
+) -> dict[float, float]:
     """The best true-positive rate among ROC points whose false-positive rate is at most each target."""
     return {float(a): float(tpr[fpr <= a].max()) for a in targets}
 
@@ -167,40 +171,42 @@ def evaluate_scores(
 # ----------------------------------------------------------------------------------------------------
 
 
-def _log_probabilities(outputs: np.ndarray, from_logits: bool) -> np.ndarray:
-    """``(n, classes)`` log-probabilities in float64; a single sigmoid output becomes two classes."""
+def _log_weights(outputs: np.ndarray, from_logits: bool) -> np.ndarray:
+    """``(n, classes)`` unnormalised log-probabilities in float64; one sigmoid output becomes two classes."""
     outputs = np.asarray(outputs, dtype=np.float64)
     if outputs.ndim == 1:
         outputs = outputs[:, None]
     if outputs.shape[1] == 1:
         if from_logits:
-            outputs = np.concatenate([np.zeros_like(outputs), outputs], axis=1)
-        else:
-            outputs = np.concatenate([1 - outputs, outputs], axis=1)
+            return np.concatenate([np.zeros_like(outputs), outputs], axis=1)
+        outputs = np.concatenate([1 - outputs, outputs], axis=1)
     if from_logits:
-        shifted = outputs - outputs.max(axis=1, keepdims=True)
-        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return outputs
     # Probabilities from a float32 softmax underflow to 0; clip at float32's smallest subnormal.
     return np.log(np.clip(outputs, 1e-45, 1.0))
 
 
 def _label_statistics(outputs, labels, from_logits: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example ``(loss, phi)``: cross-entropy and logit-scaled confidence of the true label."""
-    log_p = _log_probabilities(outputs, from_logits)
+    """Per-example ``(loss, phi)``: cross-entropy and logit-scaled confidence of the true label.
+
+    With log-weights ``w`` (logits, or log-probabilities): ``phi = w_y - logsumexp_{j != y} w_j`` is
+    ``log(p_y / (1 - p_y))`` without forming ``1 - p_y``, and the loss ``-log p_y`` is
+    ``log(1 + exp(-phi))``; both keep full precision when ``p_y`` is close to 1.
+    """
+    weights = _log_weights(outputs, from_logits)
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    if labels.shape[0] != log_p.shape[0]:
+    if labels.shape[0] != weights.shape[0]:
         raise ShapeError(f"Expected one label per example. Received {labels.shape[0]} labels for "
-                         f"{log_p.shape[0]} predictions.")
-    if labels.min() < 0 or labels.max() >= log_p.shape[1]:
-        raise ConfigError(f"Expected integer class labels in [0, {log_p.shape[1]}). Received labels in "
+                         f"{weights.shape[0]} predictions.")
+    if labels.min() < 0 or labels.max() >= weights.shape[1]:
+        raise ConfigError(f"Expected integer class labels in [0, {weights.shape[1]}). Received labels in "
                           f"[{labels.min()}, {labels.max()}].")
     rows = np.arange(labels.size)
-    log_true = log_p[rows, labels]
-    others = log_p.copy()
+    others = weights.copy()
     others[rows, labels] = -np.inf
     peak = others.max(axis=1)
-    log_rest = peak + np.log(np.exp(others - peak[:, None]).sum(axis=1))  # log(1 - p_y), stably
-    return -log_true, log_true - log_rest
+    phi = weights[rows, labels] - (peak + np.log(np.exp(others - peak[:, None]).sum(axis=1)))
+    return np.logaddexp(0.0, -phi), phi
 
 
 def _predict(model, x, batch_size: int) -> np.ndarray:
@@ -227,7 +233,9 @@ def logit_scaled_confidence(model, x, y, *, from_logits: bool = False, batch_siz
 # ----------------------------------------------------------------------------------------------------
 
 
-def loss_threshold_attack(member_losses, nonmember_losses, *, fprs: Sequence[float] = DEFAULT_FPRS) -> AttackResult:
+def loss_threshold_attack(
+    member_losses, nonmember_losses, *, fprs: Sequence[float] = DEFAULT_FPRS
+) -> AttackResult:
     """Scores each example by its negated loss; members (training examples) should score higher."""
     members = np.asarray(member_losses, dtype=np.float64).reshape(-1)
     nonmembers = np.asarray(nonmember_losses, dtype=np.float64).reshape(-1)
@@ -239,7 +247,7 @@ def loss_threshold_attack_on_model(
     model, members: tuple, nonmembers: tuple, *, from_logits: bool = False,
     fprs: Sequence[float] = DEFAULT_FPRS,
 ) -> AttackResult:
-    """:func:`loss_threshold_attack` on ``model``'s losses for ``members=(x, y)`` and ``nonmembers=(x, y)``."""
+    """:func:`loss_threshold_attack` on ``model``'s losses for ``members`` and ``nonmembers``, ``(x, y)``."""
     return loss_threshold_attack(
         per_example_loss(model, *members, from_logits=from_logits),
         per_example_loss(model, *nonmembers, from_logits=from_logits),
@@ -259,7 +267,7 @@ def _balanced_halves(rng: np.random.Generator, num_models: int, num_examples: in
 
 
 def _gaussian_fit(phi: np.ndarray, inside: np.ndarray, variance: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example mean and standard deviation of ``phi[k, i]`` over the models ``k`` with ``inside[k, i]``."""
+    """Per-example mean and standard deviation of ``phi[k, i]`` over models ``k`` with ``inside[k, i]``."""
     counts = inside.sum(axis=0)
     means = np.where(inside, phi, 0.0).sum(axis=0) / counts
     residuals = np.where(inside, phi - means, 0.0)
@@ -273,6 +281,41 @@ def _gaussian_fit(phi: np.ndarray, inside: np.ndarray, variance: str) -> tuple[n
 
 def _log_normal_pdf(x, mean, std):
     return -0.5 * ((x - mean) / std) ** 2 - np.log(std) - 0.5 * math.log(2 * math.pi)
+
+
+def lira_scores(
+    shadow_phi: np.ndarray, shadow_in: np.ndarray, target_phi: np.ndarray, *, online: bool = True,
+    variance: str = "global",
+) -> np.ndarray:
+    """LiRA's membership scores from logit-scaled confidences (steps 4 and 5 of the module docstring).
+
+    Args:
+        shadow_phi: ``(K, n)`` confidences of every example under every shadow model.
+        shadow_in: ``(K, n)`` booleans, whether example ``i`` was in shadow model ``k``'s training set; every
+            example needs two OUT models (and two IN models when ``online``).
+        target_phi: ``(n,)`` confidences under the target model.
+        online: Likelihood ratio of IN and OUT Gaussians; ``False``: one-sided test against OUT only.
+        variance: ``"global"`` or ``"per_example"`` standard deviations.
+    """
+    shadow_phi = np.asarray(shadow_phi, dtype=np.float64)
+    shadow_in = np.asarray(shadow_in, dtype=bool)
+    target_phi = np.asarray(target_phi, dtype=np.float64)
+    if (shadow_phi.shape != shadow_in.shape or shadow_phi.ndim != 2
+            or target_phi.shape != shadow_phi.shape[1:]):
+        raise ShapeError(
+            "Expected shadow_phi and shadow_in of shape (K, n) and target_phi of shape (n,). Received "
+            f"{shadow_phi.shape}, {shadow_in.shape} and {target_phi.shape}."
+        )
+    needed = [~shadow_in, shadow_in] if online else [~shadow_in]
+    if any(side.sum(axis=0).min() < 2 for side in needed):
+        raise ConfigError(
+            "Expected every example to be IN at least two shadow models and OUT of at least two."
+        )
+    mean_out, std_out = _gaussian_fit(shadow_phi, ~shadow_in, variance)
+    if not online:
+        return (target_phi - mean_out) / std_out
+    mean_in, std_in = _gaussian_fit(shadow_phi, shadow_in, variance)
+    return _log_normal_pdf(target_phi, mean_in, std_in) - _log_normal_pdf(target_phi, mean_out, std_out)
 
 
 def _train(build_model, x, y, fit_kwargs, fit_fn):
@@ -328,21 +371,24 @@ def lira_attack(
     y = np.asarray(y)
     problems = []
     if not callable(build_model):
-        problems.append(f"Received an invalid value for `build_model`, expected a callable returning a compiled "
-                        f"Keras model. Received: build_model={build_model!r}")
+        problems.append("Received an invalid value for `build_model`, expected a callable returning a "
+                        f"compiled Keras model. Received: build_model={build_model!r}")
     if len(x) != len(y):
-        raise ShapeError(f"Expected `x` and `y` with the same number of rows. Received {len(x)} and {len(y)}.")
+        raise ShapeError(
+            f"Expected `x` and `y` with the same number of rows. Received {len(x)} and {len(y)}."
+        )
     if len(x) < 4:
         problems.append(f"Received only {len(x)} examples; the attack needs at least 4.")
-    if not (isinstance(num_shadow, (int, np.integer)) and not isinstance(num_shadow, bool) and num_shadow >= 4):
+    if not (isinstance(num_shadow, (int, np.integer)) and not isinstance(num_shadow, bool)
+            and num_shadow >= 4):
         problems.append(f"Received an invalid value for `num_shadow`, expected an integer >= 4. "
                         f"Received: num_shadow={num_shadow!r}")
     if variance not in ("global", "per_example"):
         problems.append(f"Received an invalid value for `variance`, expected 'global' or 'per_example'. "
                         f"Received: variance={variance!r}")
     if (target_model is None) != (target_in is None):
-        problems.append("Expected `target_model` and `target_in` together (a trained target and its membership) "
-                        "or neither.")
+        problems.append("Expected `target_model` and `target_in` together (a trained target and its "
+                        "membership) or neither.")
     if target_in is not None and np.shape(target_in) != (len(x),):
         problems.append(f"Expected `target_in` to hold one boolean per row of x ({len(x)}). "
                         f"Received shape {np.shape(target_in)}.")
@@ -365,13 +411,7 @@ def lira_attack(
         for inside in shadow_in
     ])
     target_phi = logit_scaled_confidence(target_model, x, y, from_logits=from_logits)
-
-    mean_out, std_out = _gaussian_fit(shadow_phi, ~shadow_in, variance)
-    if online:
-        mean_in, std_in = _gaussian_fit(shadow_phi, shadow_in, variance)
-        scores = _log_normal_pdf(target_phi, mean_in, std_in) - _log_normal_pdf(target_phi, mean_out, std_out)
-    else:
-        scores = (target_phi - mean_out) / std_out
+    scores = lira_scores(shadow_phi, shadow_in, target_phi, online=online, variance=variance)
     return evaluate_scores(
         scores, target_in, name=f"LiRA ({'online' if online else 'offline'})", fprs=fprs,
         details={"shadow_models": int(num_shadow), "variance": variance},

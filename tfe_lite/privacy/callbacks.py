@@ -82,9 +82,9 @@ class PrivacyBudgetCallback(keras.callbacks.Callback):
         if steps == 0:
             return 0.0
         return accounting.compute_epsilon(
-            num_examples=self.num_examples, batch_size=self.batch_size, noise_multiplier=self.noise_multiplier,
-            delta=self.delta, steps=int(steps), sampling=self.sampling, accountant=self.accountant,
-            microbatching=self.microbatching,
+            num_examples=self.num_examples, batch_size=self.batch_size,
+            noise_multiplier=self.noise_multiplier, delta=self.delta, steps=int(steps),
+            sampling=self.sampling, accountant=self.accountant, microbatching=self.microbatching,
         )
 
     def _budget_steps(self) -> int:
@@ -106,6 +106,10 @@ class PrivacyBudgetCallback(keras.callbacks.Callback):
     def _steps_per_execution(self) -> int:
         return int(getattr(self.model, "steps_per_execution", 1) or 1)
 
+    def _budget_reached(self) -> bool:
+        """Whether the next execution of ``steps_per_execution`` steps would exceed the budget."""
+        return self.max_steps is not None and self.steps + self._steps_per_execution() > self.max_steps
+
     def on_train_begin(self, logs=None):
         if self.max_epsilon is None:
             return
@@ -116,7 +120,7 @@ class PrivacyBudgetCallback(keras.callbacks.Callback):
                 f"Received an invalid value for `max_epsilon`, expected at least the epsilon of one step "
                 f"({self.epsilon_after(1):.4g}). Received: max_epsilon={self.max_epsilon!r}"
             )
-        if self.steps + self._steps_per_execution() > self.max_steps:
+        if self._budget_reached():
             raise PrivacyBudgetExceededError(
                 f"The privacy budget max_epsilon={self.max_epsilon} is spent: {self.steps} steps taken "
                 f"(epsilon={self.epsilon:.4g}), at most {self.max_steps} allowed."
@@ -128,15 +132,14 @@ class PrivacyBudgetCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         # `batch` is the index, within the epoch, of the last step of the execution that just ran.
         self.steps = self._epoch_start + int(batch) + 1
-        if self.max_steps is not None and self.steps + self._steps_per_execution() > self.max_steps:
+        if self._budget_reached():
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         self.epsilon = self.epsilon_after(self.steps)
         if logs is not None:
             logs["epsilon"] = self.epsilon
-        budget_reached = self.max_steps is not None and self.steps + self._steps_per_execution() > self.max_steps
-        if budget_reached and self.verbose:
+        if self._budget_reached() and self.verbose:
             print(
                 f"PrivacyBudgetCallback: stopping after {self.steps} steps at epsilon={self.epsilon:.4g} "
                 f"(max_epsilon={self.max_epsilon}, delta={self.delta:g}, {self.accountant.upper()}, "
