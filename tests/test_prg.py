@@ -5,10 +5,12 @@ library is built by ``make``; when it is missing the native cases fail unless TF
 """
 
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.eager import context  # run metadata: where ops actually ran
 
 from tfe_lite import ops, prg
 from tfe_lite.errors import ConfigError, ShapeError
@@ -64,9 +66,25 @@ def backend(request, monkeypatch):
 
 
 def graph_devices(concrete_function) -> set[str]:
-    """Devices of the ChaCha20 ops (native op, or the pure-TF path's XORs) in a traced function."""
-    ops_ = concrete_function.graph.get_operations()
-    return {op.device for op in ops_ if op.type in ("ChaCha20Keystream", "BitwiseXor")}
+    """Devices of the ChaCha20 ops in a traced function: the native op, or the call of the pure-TF path's
+    function (whose ops TensorFlow places on the device of the call)."""
+    types = ("ChaCha20Keystream", "PartitionedCall", "StatefulPartitionedCall")
+    return {op.device for op in concrete_function.graph.get_operations() if op.type in types}
+
+
+def executed_devices(fn, op_types) -> dict:
+    """Calls fn() and returns {device: count} of the ops of `op_types` that ran (from TensorFlow's run
+    metadata, which also covers the bodies of inlined functions), plus "result": fn()'s value."""
+    ctx = context.context()
+    ctx.export_run_metadata()  # drop what an earlier test may have left
+    ctx.enable_run_metadata()
+    try:
+        result = fn()
+        metadata = ctx.export_run_metadata()
+    finally:
+        ctx.disable_run_metadata()
+    nodes = [node for graph in metadata.partition_graphs for node in graph.node if node.op in op_types]
+    return {**Counter(node.device for node in nodes), "result": result}
 
 
 def both_backends(monkeypatch, fn):
@@ -193,14 +211,19 @@ def test_runs_on_a_player_device_without_soft_placement(backend):
             derived = prg.derive_seed(RFC_KEY, tf.constant(3, tf.int64))
         assert eager.device.endswith("device:CPU:2") and derived.device.endswith("device:CPU:2")
 
+        with tf.device("/device:CPU:1"):  # run-time inputs, as in the protocol (constants would be folded)
+            key, counter = tf.Variable(RFC_KEY), tf.Variable(np.int64(3))
+
         @tf.function
         def graph():
             with tf.device("/device:CPU:2"):
-                return prg.expand_seed(prg.derive_seed(RFC_KEY, tf.constant(3, tf.int64)), (33,))
+                return prg.expand_seed(prg.derive_seed(key, counter.read_value()), (33,))
 
-        np.testing.assert_array_equal(graph(), prg.expand_seed(derived, (33,)))
         devices = graph_devices(graph.get_concrete_function())
         assert devices and all(d.endswith("device:CPU:2") for d in devices), devices
+        executed = executed_devices(graph, ("ChaCha20Keystream",) if backend == "native" else ("BitwiseXor",))
+        np.testing.assert_array_equal(executed.pop("result"), prg.expand_seed(derived, (33,)))
+        assert executed and set(executed) == {"/job:localhost/replica:0/task:0/device:CPU:2"}, executed
     finally:
         tf.config.set_soft_device_placement(previous)
 

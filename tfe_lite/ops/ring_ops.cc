@@ -316,6 +316,7 @@ constexpr int64_t kAmxChunk = 64;                  // k per tile product
 constexpr int64_t kAmxTileBytes = 1024;
 constexpr int64_t kAmxChunkBytes = 8 * kAmxTileBytes;  // 8 byte planes
 constexpr int64_t kAmxMaxK = 16384;
+static_assert(kAmxMaxK * 4 * 255 * 255 < (int64_t{1} << 32), "P_0..P_3 must not wrap in int32");
 
 // Whether this process may use AMX tiles: Linux grants the permission on request (once per process).
 bool AmxPermitted() {
