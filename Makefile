@@ -29,7 +29,9 @@ test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: install
+	$(PY) benchmarks/ring_matmul.py
 	$(PY) benchmarks/matmul.py
+	$(PY) benchmarks/dp_sgd.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info tfe_lite/ops/*.so
