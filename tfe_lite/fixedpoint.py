@@ -14,7 +14,6 @@ of in-range values whose result is in range to be representable before truncatio
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import tensorflow as tf
@@ -170,11 +169,3 @@ def decode(x: tf.Tensor, config: FixedPointConfig, dtype: tf.DType = tf.float64)
         raise EncodingError(f"Received an invalid dtype for `x`, expected int64. Received: {x.dtype.name}")
     return tf.cast(tf.cast(x, tf.float64) / float(config.scale), dtype)
 
-
-def encode_integer(value: int, config: FixedPointConfig) -> int:
-    """The ring encoding of a Python number (used for public scalars), with the same range checks."""
-    if not math.isfinite(value) or abs(value) >= config.bound:
-        raise EncodingError(
-            f"Cannot encode `value`: {value!r} is not finite or outside the fixed-point range ±{config.bound:g}."
-        )
-    return int(round(value * config.scale))

@@ -1,9 +1,7 @@
 """Privacy accounting against dp_accounting composed by hand and against TF Privacy's statement."""
 
-import importlib
 import math
 import re
-import sys
 
 import dp_accounting
 import pytest
@@ -23,16 +21,10 @@ def _direct(event, accountant, delta=DELTA):
 
 
 def _tf_privacy_lib():
-    """TF Privacy's analysis library; its package __init__ (Keras 2 optimizers) is skipped by its own flag."""
-    if "tensorflow_privacy" not in sys.modules:
-        had_flag = hasattr(sys, "skip_tf_privacy_import")
-        sys.skip_tf_privacy_import = True
-        try:
-            importlib.import_module("tensorflow_privacy")
-        finally:
-            if not had_flag:
-                del sys.skip_tf_privacy_import
-    return importlib.import_module("tensorflow_privacy.privacy.analysis.compute_dp_sgd_privacy_lib")
+    """TF Privacy's analysis library, imported the one way that works on TF 2.21."""
+    from tfe_lite.privacy._tf_privacy import _import
+
+    return _import("tensorflow_privacy.privacy.analysis.compute_dp_sgd_privacy_lib")
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "pld"])

@@ -8,7 +8,7 @@ import tfe_lite
 from tfe_lite.protocols import OnlineDealer, Pond, PrecomputedDealer
 from tfe_lite.protocols.pond import TripleSpec
 
-from oracle import assert_close, conv_tol, matmul_tol, mul_tol
+from oracle import assert_close, matmul_tol, mul_tol
 
 SPECS = [
     TripleSpec("mul", (3, 4), (3, 4)),

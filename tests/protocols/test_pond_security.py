@@ -5,7 +5,6 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-import tfe_lite
 from tfe_lite.protocols import Pond
 
 # Ops that TensorFlow places by their inputs or resources rather than by device scope.
