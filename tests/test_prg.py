@@ -15,7 +15,7 @@ from tensorflow.python.eager import context  # run metadata: where ops actually 
 from tfe_lite import ops, prg
 from tfe_lite.errors import ConfigError, ShapeError
 
-FORCED_TF = os.environ.get(ops.ENV_VAR) == "0"
+FORCED_TF = os.environ.get(ops.ENV_VAR) == "0"  # as tests/conftest.py NATIVE_FORCED_OFF
 RFC_KEY = np.frombuffer(bytes(range(32)), dtype="<i8").astype(np.int64)  # key 00:01:02:...:1f
 
 # RFC 8439 2.3.2: key 00..1f, nonce 00:00:00:09:00:00:00:4a:00:00:00:00, block counter 1.
@@ -48,23 +48,6 @@ def as_bytes(values) -> bytes:
     return np.asarray(values).astype("<i8").tobytes()
 
 
-def use_backend(monkeypatch, name):
-    if name == "native":
-        if FORCED_TF:
-            pytest.skip("TFE_LITE_NATIVE_OPS=0: native ops disabled on purpose")
-        monkeypatch.setenv(ops.ENV_VAR, "1")
-        assert ops.available(), f"native ops library {ops.LIBRARY_PATH} not built: run `make ops`"
-    else:
-        monkeypatch.setenv(ops.ENV_VAR, "0")
-    assert prg.backend() == name
-
-
-@pytest.fixture(params=["native", "tensorflow"])
-def backend(request, monkeypatch):
-    use_backend(monkeypatch, request.param)
-    return request.param
-
-
 def graph_devices(concrete_function) -> set[str]:
     """Devices of the ChaCha20 ops in a traced function: the native op, or the call of the pure-TF path's
     function (whose ops TensorFlow places on the device of the call)."""
@@ -87,11 +70,11 @@ def executed_devices(fn, op_types) -> dict:
     return {**Counter(node.device for node in nodes), "result": result}
 
 
-def both_backends(monkeypatch, fn):
+def both_backends(switch_backend, fn):
     """fn() computed by each backend, as numpy arrays (native first)."""
     results = []
     for name in ("native", "tensorflow"):
-        use_backend(monkeypatch, name)
+        switch_backend(name)
         results.append(np.asarray(fn()))
     return results
 
@@ -113,20 +96,20 @@ def test_rfc8439_encryption_keystream(backend):
 
 
 @pytest.mark.parametrize("shape", [(), (0,), (1,), (7,), (8,), (9,), (3, 0, 2), (127,), (129,), (5, 7, 11), (257, 129)])
-def test_backends_agree(monkeypatch, shape):
+def test_backends_agree(switch_backend, shape):
     seed = np.array([1, -2, 2**62 + 3, -(2**63)], np.int64)
-    native, pure = both_backends(monkeypatch, lambda: prg.expand_seed(seed, shape, stream=2**64 - 1))
+    native, pure = both_backends(switch_backend, lambda: prg.expand_seed(seed, shape, stream=2**64 - 1))
     assert native.shape == pure.shape == shape and native.dtype == np.int64
     np.testing.assert_array_equal(native, pure)
 
 
 @pytest.mark.parametrize("first_block", [2**32 - 5, 2**63 - 5, -3])
-def test_backends_agree_across_counter_carries(monkeypatch, first_block):
+def test_backends_agree_across_counter_carries(switch_backend, first_block):
     """Block counters crossing 2^32 (carry into word 13) and 2^64 (wrap) in the middle of a 16-block group."""
     def stream():
         return prg._keystream(RFC_KEY, tf.constant([300], tf.int64), tf.constant(9, tf.int64), first_block)
 
-    native, pure = both_backends(monkeypatch, stream)
+    native, pure = both_backends(switch_backend, stream)
     np.testing.assert_array_equal(native, pure)
     if first_block == 2**32 - 5:
         assert as_bytes(native[40:48]) == as_bytes(

@@ -15,26 +15,12 @@ from hypothesis import strategies as st
 from tfe_lite import ops
 from tfe_lite.errors import ConfigError, ProtocolError, RuntimeConfigError, ShapeError
 
-FORCED_TF = os.environ.get(ops.ENV_VAR) == "0"
+FORCED_TF = os.environ.get(ops.ENV_VAR) == "0"  # as tests/conftest.py NATIVE_FORCED_OFF
 dims = st.integers(min_value=0, max_value=70)
 
 
 def random_ring(rng, shape):
     return rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, size=shape, dtype=np.int64, endpoint=True)
-
-
-@pytest.fixture(params=["native", "tensorflow"])
-def backend(request, monkeypatch):
-    """Runs a test with each backend: the native library (required unless forced off) and pure TF."""
-    if request.param == "native":
-        if FORCED_TF:
-            pytest.skip("TFE_LITE_NATIVE_OPS=0: native ops disabled on purpose")
-        monkeypatch.setenv(ops.ENV_VAR, "1")
-        assert ops.available(), f"native ops library {ops.LIBRARY_PATH} not built: run `make ops`"
-    else:
-        monkeypatch.setenv(ops.ENV_VAR, "0")
-    assert ops.backend() == request.param
-    return request.param
 
 
 def test_native_library_is_built():
@@ -172,6 +158,8 @@ def test_batched_matmul(backend):
 
 
 def test_native_op_rejects_mismatched_shapes_at_run_time():
+    if FORCED_TF:
+        pytest.skip("TFE_LITE_NATIVE_OPS=0: native ops disabled on purpose")
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
         ops.library().ring_mat_mul(tf.zeros([2, 3], tf.int64), tf.zeros([4, 5], tf.int64))
 
