@@ -229,3 +229,19 @@ def test_rejects_bad_arguments():
         prg.derive_seed(key, tf.constant([1, 2], tf.int64))
     with pytest.raises(ConfigError, match="`key`"):
         prg.derive_seed(key.astype(np.float64), 1)
+
+
+def test_xla_compiled_functions_use_the_pure_tensorflow_path():
+    """The native ops have no XLA kernels: inside jit_compile, ops.library() is None and the twin serves."""
+    seen = []
+
+    @tf.function(jit_compile=True)
+    def expand(counter):
+        seen.append((ops.in_xla_context(), ops.library()))
+        return prg.expand_seed(prg.derive_seed(RFC_KEY, counter), (40,), stream=3)
+
+    counter = tf.constant(5, tf.int64)
+    expected = prg.expand_seed(prg.derive_seed(RFC_KEY, counter), (40,), stream=3)
+    np.testing.assert_array_equal(expand(counter).numpy(), expected.numpy())
+    assert seen == [(True, None)]
+    assert not ops.in_xla_context() and ops.available() == (not FORCED_TF)

@@ -31,7 +31,29 @@ Both functions are pure functions of their inputs (deterministic, stateless ops)
 from fresh inputs, e.g. a counter ``tf.Variable`` incremented by the graph (:mod:`tfe_lite.random`).
 The work runs in the native ``ChaCha20Keystream`` op when built (:mod:`tfe_lite.ops`, AVX-512, ~GB/s) or
 in an equivalent vectorized pure TensorFlow implementation (bit-identical, slower); both have CPU kernels
-for every dtype they use, so they run on any logical CPU device the caller places them on.
+for every dtype they use, so they run on any logical CPU device the caller places them on. Inside a
+function that XLA compiles (``jit_compile=True``) the pure TensorFlow implementation serves, since the
+native ops have no XLA kernels.
+
+:func:`expand_normal`, also a pure function, turns the keystream of a stream into standard normals (the
+DP-SGD noise of :mod:`tfe_lite.privacy.noise`) by the Box-Muller transform. Block ``b`` of the stream gives
+the normals ``kb .. kb + k - 1`` (``k = 16`` for float32, ``8`` for float64; ``h = k / 2``):
+
+* float32: the block's sixteen little-endian 32-bit words ``w_0 .. w_15`` (keystream bytes ``4i .. 4i+3``)
+  give uniforms ``U(w) = ((w >> 8) + 1) / 2^24`` in (0, 1] (each word's top 24 bits);
+* float64: its eight 64-bit words ``x_0 .. x_7`` (the int64 outputs ``8b .. 8b+7`` of :func:`expand_seed`)
+  give ``U(x) = ((x >> 11) + 1) / 2^53`` (each word's top 53 bits);
+* for ``j < h``, with ``U_j`` the uniform of word ``j``: ``r = sqrt(max(-2 ln U_j, 0))`` and
+  ``t = 2 pi U_{h+j}`` (2 pi rounded to the dtype); normal ``kb + j`` is ``r cos t`` and normal
+  ``kb + h + j`` is ``r sin t``.
+
+With ``summands = s`` output ``i`` is ``(normal si + ... + normal si + s - 1) / sqrt(s)``, again a standard
+normal; the normals no output needs (the end of the last block) are dropped. ``U`` is never 0, so every
+output is finite; ``|normal|`` is at most ``sqrt(2 ln 2^24) = 5.77`` (float32) or ``8.57`` (float64), a
+truncation of the tails at probabilities ``~8e-9`` and ``~1e-17``. The native ``ChaCha20Normal`` op
+computes the same values as the pure TensorFlow twin up to floating-point rounding (libmvec's or the C
+library's log/sin/cos against TensorFlow's): within a few units in the last place relative to
+``max(r, 1)``.
 """
 
 from __future__ import annotations
@@ -74,6 +96,45 @@ def expand_seed(seed: tf.Tensor, shape, *, stream: int | tf.Tensor = 0) -> tf.Te
     return _keystream(seed, _shape_tensor(shape), stream, 0)
 
 
+def expand_normal(
+    seed: tf.Tensor,
+    size,
+    *,
+    stream: int | tf.Tensor = 0,
+    dtype: tf.DType = tf.float32,
+    summands: int = 1,
+) -> tf.Tensor:
+    """``size`` standard normals from the ChaCha20 keystream of ``seed`` on stream ``stream`` (Box-Muller).
+
+    Args:
+      seed: int64[4], the 256-bit key.
+      size: the number of normals: a python int >= 0 or an int32/int64 scalar tensor.
+      stream: the 64-bit stream id, as for :func:`expand_seed`. Different streams of one seed give
+        independent normals.
+      dtype: ``tf.float32`` (24-bit uniforms, 16 normals per 64-byte block) or ``tf.float64`` (53 bits, 8 per
+        block).
+      summands: each output is the sum of this many normals divided by ``sqrt(summands)``.
+
+    Returns:
+      A ``[size]`` tensor of ``dtype``; the exact mapping of keystream bits to outputs is in the module
+      docstring. A shorter draw is a prefix of a longer one on the same seed and stream.
+    """
+    seed = _key_tensor(seed, "seed")
+    stream = _uint64_scalar(stream, "stream")
+    dtype = tf.as_dtype(dtype)
+    if dtype not in (tf.float32, tf.float64):
+        raise ConfigError(
+            "Received an invalid value for `dtype`, expected tf.float32 or tf.float64. "
+            f"Received: dtype={dtype.name}"
+        )
+    if isinstance(summands, bool) or not isinstance(summands, (int, np.integer)) or summands < 1:
+        raise ConfigError(
+            "Received an invalid value for `summands`, expected an integer >= 1. "
+            f"Received: summands={summands!r}"
+        )
+    return _normal(seed, _size_tensor(size), stream, 0, dtype, int(summands))
+
+
 def derive_seed(key: tf.Tensor, counter: tf.Tensor) -> tf.Tensor:
     """A fresh 256-bit seed (int64[4]): the first 32 bytes of ChaCha20 block 2^63 of stream ``counter``.
 
@@ -97,6 +158,17 @@ def _keystream(key: tf.Tensor, shape: tf.Tensor, stream: tf.Tensor, first_block:
     output = _keystream_tf_function(key, shape, stream, first_block)
     static_shape = tf.get_static_value(shape)
     return output if static_shape is None else tf.ensure_shape(output, static_shape)
+
+
+def _normal(
+    key: tf.Tensor, size: tf.Tensor, stream: tf.Tensor, first_block: int, dtype: tf.DType, summands: int
+) -> tf.Tensor:
+    """``size`` normals of ``dtype`` from block ``first_block`` (int64 bits, unsigned) on (expand_normal)."""
+    first_block = tf.constant(first_block, tf.int64)
+    library = ops.library()
+    if library is not None:
+        return library.cha_cha20_normal(key, stream, first_block, size, dtype=dtype, summands=summands)
+    return _normal_tf(key, size, stream, first_block, dtype, summands)
 
 
 # --- validation -------------------------------------------------------------------------------------------
@@ -137,6 +209,27 @@ def _uint64_scalar(value, name: str) -> tf.Tensor:
     raise ConfigError(
         f"Received an invalid value for `{name}`, expected an integer in [0, 2^64) or an int64 scalar "
         f"tensor. Received: {name}={value!r}"
+    )
+
+
+def _size_tensor(size) -> tf.Tensor:
+    """A count of outputs as an int64 scalar tensor (a constant when it is a python int)."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        if size < 0:
+            raise ShapeError(
+                f"Received an invalid value for `size`, expected an integer >= 0. Received: size={size}"
+            )
+        return tf.constant(int(size), tf.int64)
+    if isinstance(size, (tf.Tensor, tf.Variable)):
+        if size.dtype not in (tf.int32, tf.int64) or not size.shape.is_compatible_with([]):
+            raise ShapeError(
+                "Received an invalid value for `size`, expected an int32 or int64 scalar tensor. "
+                f"Received: size with dtype {size.dtype.name} and shape {size.shape}"
+            )
+        return tf.cast(size, tf.int64)
+    raise ShapeError(
+        f"Received an invalid value for `size`, expected an integer >= 0 or an integer scalar tensor. "
+        f"Received: size={size!r}"
     )
 
 
@@ -234,3 +327,39 @@ _keystream_tf_function = tf.function(
     ],
     autograph=False,
 )
+
+
+# --- the pure TensorFlow Box-Muller -------------------------------------------------------------------------
+
+
+def _box_muller_tf(keystream: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """The normals of whole blocks of int64 ``keystream`` (8 per block), as the module docstring maps them.
+
+    ``tf.bitcast`` splits an int64 into uint32 halves in memory order: the low (little-endian first) word
+    first, as the native op reads them (it refuses to build for a big-endian machine).
+    """
+    if dtype == tf.float32:
+        words = tf.reshape(tf.bitcast(keystream, tf.uint32), [-1, 2, 8])  # [block, radius/angle half, j]
+        uniform = (tf.cast(tf.bitwise.right_shift(words, tf.constant(8, tf.uint32)), dtype) + 1.0) * 2.0**-24
+    else:
+        words = tf.reshape(tf.bitcast(keystream, tf.uint64), [-1, 2, 4])
+        uniform = (tf.cast(tf.bitwise.right_shift(words, tf.constant(11, tf.uint64)), dtype) + 1.0) * 2.0**-53
+    radius = tf.sqrt(tf.maximum(-2.0 * tf.math.log(uniform[:, 0]), 0.0))
+    angle = tf.constant(2.0 * np.pi, dtype) * uniform[:, 1]
+    return tf.reshape(tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], axis=1), [-1])
+
+
+def _normal_tf(
+    key: tf.Tensor, size: tf.Tensor, stream: tf.Tensor, first_block: tf.Tensor, dtype: tf.DType, summands: int
+) -> tf.Tensor:
+    """Pure TensorFlow twin of the native ``ChaCha20Normal``: the keystream, then Box-Muller in TF ops."""
+    per_block = 16 if dtype == tf.float32 else 8
+    normals = size * summands
+    blocks = (normals + per_block - 1) // per_block
+    keystream = _keystream_tf_function(key, tf.reshape(blocks * BLOCK_INT64S, [1]), stream, first_block)
+    z = _box_muller_tf(keystream, dtype)[:normals]
+    if summands > 1:
+        scale = tf.constant(1.0 / np.sqrt(summands), dtype)  # as the native op: one rounded factor
+        z = tf.reduce_sum(tf.reshape(z, [size, summands]), axis=1) * scale
+    static_size = tf.get_static_value(size)
+    return z if static_size is None else tf.ensure_shape(z, [static_size])

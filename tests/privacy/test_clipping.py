@@ -250,3 +250,50 @@ def test_unvectorizable_layer_is_named():
     x, y = tf.ones([2, 3]), tf.ones([2, 2])
     with pytest.raises(UnsupportedLayerError, match="python_op"):
         clipper(x, y)
+
+
+def _check_against_reference(model, clipper, x, y):
+    expected = _reference(model, x.numpy(), y.numpy())
+    result = clipper(x, y)
+    np.testing.assert_allclose(result.norms, np.linalg.norm(expected, axis=1), rtol=RTOL)
+    factors = tf.constant(np.linspace(0.2, 1.0, x.shape[0]))
+    _assert_sum(result, factors, factors.numpy() @ expected)
+
+
+@pytest.mark.parametrize("method", ["vectorized", "ghost"])
+@pytest.mark.parametrize("name", ["conv_same_s2", "conv_valid_dilated", "conv_same_s21_k23"])
+def test_conv_per_record_kernel_gradients_on_both_backends(backend, name, method):
+    build, shape = MODELS[name]
+    model = build()
+    x, y = _data(shape, batch=4)
+    _check_against_reference(model, make_clipper(model, model.trainable_variables, _mse, method=method), x, y)
+
+
+def test_ghost_reuses_per_record_conv_gradients_within_the_memory_budget(monkeypatch):
+    from tfe_lite.privacy import clipping
+
+    model = _conv("same", 1, 1)
+    x, y = _data((7, 7, 2), batch=4)
+    ghost = GhostClipper(model, model.trainable_variables, _mse)
+    y_pred, zs, acts = ghost._tap_model(x)
+    conv = ghost._taps[0][0]
+    kept = clipping._layer_records(conv, acts[0], tf.ones_like(zs[0]), None)
+    assert set(kept.grads) == {id(conv.kernel), id(conv.bias)}
+    monkeypatch.setattr(clipping, "MATERIALIZE_BYTES", 0)  # over budget: norms only, second backward pass
+    assert clipping._layer_records(conv, acts[0], tf.ones_like(zs[0]), None).grads is None
+    _check_against_reference(model, GhostClipper(model, model.trainable_variables, _mse), x, y)
+
+
+def test_vectorized_conv_kernel_gradients_need_no_while_loop():
+    from tensorflow.python.ops.parallel_for import pfor
+
+    tf_converter = pfor._pfor_converter_registry["Conv2DBackpropFilter"]
+    model = _conv("same", 1, 1)
+    clipper = VectorizedClipper(model, model.trainable_variables, _mse)
+    x, y = _data((7, 7, 2), batch=3)
+    graph = tf.function(clipper.per_record_gradients).get_concrete_function(x, y).graph
+    op_types = {op.type for op in graph.get_operations()}
+    assert "PerRecordConv2DKernelGrad" in op_types or "BatchMatMulV2" in op_types
+    assert not op_types & {"While", "StatelessWhile"}
+    # TensorFlow's own converter is back in place once the trace is done.
+    assert pfor._pfor_converter_registry["Conv2DBackpropFilter"] is tf_converter

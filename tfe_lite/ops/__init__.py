@@ -7,7 +7,9 @@ The C++ library ``_ring_ops.so`` (source ``ring_ops.cc``, built by ``make ops`` 
   (Intel AMX tile products of the operands' byte planes, where the CPU and Linux allow AMX) and
   ``"vector"`` (AVX-512 IFMA, or portable C++ in a build for a CPU without it); ``"auto"`` picks AMX for
   products of at least 16 x 16 outputs;
-- ``ChaCha20Keystream``: the ChaCha20 keystream behind :mod:`tfe_lite.prg`.
+- ``ChaCha20Keystream``: the ChaCha20 keystream behind :mod:`tfe_lite.prg`;
+- ``ChaCha20Normal``: standard normals from that keystream by Box-Muller (:func:`tfe_lite.prg.expand_normal`,
+  the DP-SGD noise of :mod:`tfe_lite.privacy.noise`), equal to its pure TensorFlow twin up to rounding.
 
 The library is loaded on first use, never when tfe_lite is imported. When it is not built the pure
 TensorFlow paths serve (same results, slower); a library that exists but does not load (built for another
@@ -15,6 +17,10 @@ TensorFlow, or from older source) raises :class:`~tfe_lite.errors.RuntimeConfigE
 build is never ignored. Setting the environment variable ``TFE_LITE_NATIVE_OPS=0`` forces the pure
 TensorFlow paths (``1`` or unset: native when built); it is read each time an op is built (traced), not
 while a graph runs.
+
+The native ops have no XLA kernels, so inside a function that XLA compiles (``tf.function(jit_compile=True)``,
+Keras' ``jit_compile=True``) :func:`library` returns None and the pure TensorFlow paths serve, which XLA can
+compile (:func:`in_xla_context` tells which case a trace is in).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from pathlib import Path
 from types import ModuleType
 
 import tensorflow as tf
+
+from tensorflow.python.ops import control_flow_util  # XLA contexts: no public API tells them
 
 from tfe_lite.errors import ConfigError, ProtocolError, RuntimeConfigError, ShapeError
 
@@ -48,16 +56,17 @@ def _native_enabled() -> bool:
 
 
 def _check_source(path: Path) -> None:
-    """Refuse a library compiled from other source than the ``ring_ops.cc`` next to it."""
-    if not SOURCE_PATH.exists():  # an installation without the source: nothing to compare
+    """Refuse a library compiled from other source than the ``*.cc`` files next to it."""
+    from tfe_lite.ops.build import SOURCES, source_sha256
+
+    if not all(source.exists() for source in SOURCES):  # an installation without the source
         return
-    from tfe_lite.ops.build import source_sha256
 
     built = ctypes.CDLL(str(path)).tfe_lite_ring_ops_source_sha256
     built.restype = ctypes.c_char_p
-    if built().decode() != source_sha256(SOURCE_PATH):
+    if built().decode() != source_sha256():
         raise RuntimeConfigError(
-            f"The native ops library {path} was built from an older {SOURCE_PATH.name}. Run `make ops` "
+            f"The native ops library {path} was built from older C++ source. Run `make ops` "
             "(python -m tfe_lite.ops.build) to rebuild it, or set TFE_LITE_NATIVE_OPS=0 to use the pure "
             "TensorFlow ops."
         )
@@ -82,9 +91,20 @@ def _load() -> ModuleType | None:
         return _library
 
 
+def in_xla_context() -> bool:
+    """Whether ops built now go into a function that XLA compiles (``jit_compile=True``, at any depth)."""
+    if tf.executing_eagerly():
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 def library() -> ModuleType | None:
-    """The native op library when it is built and enabled (see the module docstring), else None."""
-    return _load() if _native_enabled() else None
+    """The native op library when it is built and enabled and the op being built is not XLA-compiled (see
+    the module docstring), else None."""
+    if not _native_enabled():
+        return None
+    library = _load()
+    return None if library is None or in_xla_context() else library
 
 
 def available() -> bool:

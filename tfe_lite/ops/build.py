@@ -1,9 +1,10 @@
 """Compile the native ring ops: ``python -m tfe_lite.ops.build``.
 
-Builds ``ring_ops.cc`` into ``_ring_ops.so`` next to it with g++, against the TensorFlow installed in the
+Builds ``ring_ops.cc`` and ``dp_ops.cc`` into ``_ring_ops.so`` next to it with g++, against the TensorFlow installed in the
 running interpreter and for this machine's CPU (``-march=native``: AVX-512 IFMA kernels where the CPU has
-them, so the library must be rebuilt on, not copied to, another machine). The SHA-256 of the source is
-compiled in; the loader (:mod:`tfe_lite.ops`) refuses a library built from other source. Prints what it
+them, so the library must be rebuilt on, not copied to, another machine), and linked with glibc's
+``libmvec`` where it is installed (AVX-512 log/sin/cos for ``ChaCha20Normal``). The SHA-256 of the source
+is compiled in; the loader (:mod:`tfe_lite.ops`) refuses a library built from other source. Prints what it
 built; exits non-zero with the compiler's output when compilation fails.
 """
 
@@ -20,12 +21,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "ring_ops.cc"
+#: Every C++ source compiled into the one library (the first defines the source-hash symbol).
+SOURCES = (SOURCE, HERE / "dp_ops.cc")
 LIBRARY = HERE / "_ring_ops.so"
 
 
-def source_sha256(source: Path = SOURCE) -> str:
-    """The SHA-256 (hex) of the C++ source, as compiled into the library."""
-    return hashlib.sha256(source.read_bytes()).hexdigest()
+def source_sha256(sources: tuple[Path, ...] = SOURCES) -> str:
+    """The SHA-256 (hex) of the C++ sources (concatenated in order), as compiled into the library."""
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
 
 
 def _accepts(cxx: str, flag: str) -> bool:
@@ -33,18 +39,31 @@ def _accepts(cxx: str, flag: str) -> bool:
     return probe.returncode == 0
 
 
-def compile_command(output: Path, source: Path = SOURCE) -> list[str]:
-    """The g++ command line that builds ``source`` into ``output``."""
+def _links(cxx: str, library: str) -> bool:
+    """Whether a shared library linked with ``-l<library>`` builds (e.g. glibc's libmvec is installed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = subprocess.run(
+            [cxx, "-shared", "-x", "c++", os.devnull, f"-l{library}", "-o", str(Path(tmp) / "probe.so")],
+            capture_output=True,
+        )
+    return probe.returncode == 0
+
+
+def compile_command(output: Path, sources: tuple[Path, ...] = SOURCES) -> list[str]:
+    """The g++ command line that builds ``sources`` into ``output``."""
     import tensorflow as tf
 
     cxx = os.environ.get("CXX", "g++")
     # Eigen's AVX512-FP16 packet code does not compile with g++ 12; the ops need no fp16.
     no_fp16 = ["-mno-avx512fp16"] if _accepts(cxx, "-mno-avx512fp16") else []
+    # glibc's vector math library: ChaCha20Normal's AVX-512 log/sin/cos (scalar libm without it).
+    mvec = (["-DTFE_LITE_HAVE_LIBMVEC"], ["-lmvec"]) if _links(cxx, "mvec") else ([], [])
     return [
         cxx, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", *no_fp16,
-        "-Wno-deprecated-declarations",
-        f'-DTFE_LITE_SOURCE_SHA256="{source_sha256(source)}"',
-        *tf.sysconfig.get_compile_flags(), str(source), "-o", str(output), *tf.sysconfig.get_link_flags(),
+        "-Wno-deprecated-declarations", *mvec[0],
+        f'-DTFE_LITE_SOURCE_SHA256="{source_sha256(sources)}"',
+        *tf.sysconfig.get_compile_flags(), *map(str, sources), "-o", str(output), *tf.sysconfig.get_link_flags(),
+        *mvec[1],
     ]
 
 
@@ -57,7 +76,7 @@ def build(output: Path = LIBRARY) -> Path:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(
-                f"Compiling {SOURCE.name} failed (exit {result.returncode}):\n{shlex.join(command)}\n"
+                f"Compiling {' + '.join(s.name for s in SOURCES)} failed (exit {result.returncode}):\n{shlex.join(command)}\n"
                 f"{result.stdout}{result.stderr}"
             )
         os.replace(partial, output)
@@ -74,7 +93,7 @@ def main() -> int:
     import tensorflow as tf
 
     print(
-        f"Built {path} ({path.stat().st_size // 1024} KiB) from {SOURCE.name} sha256 {source_sha256()[:12]} "
+        f"Built {path} ({path.stat().st_size // 1024} KiB) from {' + '.join(s.name for s in SOURCES)} sha256 {source_sha256()[:12]} "
         f"for TensorFlow {tf.__version__}, -march=native, in {time.perf_counter() - start:.1f} s"
     )
     return 0

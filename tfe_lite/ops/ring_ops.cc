@@ -4,10 +4,11 @@
 //   RingMatMul         a @ b mod 2^64 on int64 (rank 2, or equal batch dimensions in front), with an
 //                      AVX-512 IFMA kernel and an AMX kernel.
 //   ChaCha20Keystream  the ChaCha20 keystream (RFC 8439 block function) as an int64 tensor.
+//   ChaCha20Normal     standard normals (float32 or float64) from that keystream by Box-Muller, for DP noise.
 //
-// Both are pure functions of their inputs (not stateful) with CPU kernels that shard their work over the
+// All are pure functions of their inputs (not stateful) with CPU kernels that shard their work over the
 // device's intra-op worker threads. tfe_lite/ops/__init__.py and tfe_lite/prg.py hold the pure-TensorFlow
-// twins that must give bit-identical results.
+// twins that must give bit-identical results (ChaCha20Normal: equal up to floating-point rounding).
 
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -16,8 +17,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <cmath>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/op.h"
@@ -821,12 +824,253 @@ absl::Status ChaCha20KeystreamShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
+
+// ---------------------------------------------------------------------------------------------------------
+// ChaCha20Normal: standard normals from the ChaCha20 keystream by the Box-Muller transform (DP noise).
+//
+// The keystream is ChaCha20Keystream's for (key, stream) from block `first_block` on. Block b (counting
+// from first_block) gives the normals k b .. k b + k - 1, k = kNormalsPerBlock, h = k / 2:
+//
+//   float32 (k = 16): the block's 32-bit little-endian words w_0..w_15 (keystream bytes 4i..4i+3) give
+//     uniforms U(w) = ((w >> 8) + 1) 2^-24 in (0, 1] (the top 24 bits of a word);
+//   float64 (k = 8): its 64-bit words x_0..x_7 (ChaCha20Keystream's int64 outputs 8b..8b+7) give
+//     U(x) = ((x >> 11) + 1) 2^-53 in (0, 1] (the top 53 bits);
+//   for j < h: r = sqrt(max(-2 ln U_j, 0)), t = 2 pi U_{h+j} (2 pi rounded to the type), and
+//     normal k b + j = r cos t, normal k b + h + j = r sin t.
+//
+// (The clamp at 0 only guards sqrt against a rounding error of ln near 1.) Output i is (normal s i + ... +
+// normal s i + s - 1) * (1 / sqrt(s)) for s = summands, summed left to right in the output type, with
+// 1 / sqrt(s) rounded to it; the normals of the last block that no output needs are dropped. U is never 0,
+// so ln U is finite, and |normal| <= sqrt(2 ln 2^24) = 5.77 (float32) or sqrt(2 ln 2^53) = 8.57 (float64).
+//
+// Work unit: the outputs of one group of kParallelBlocks blocks (256 float32 or 128 float64 outputs),
+// computed from s groups (ChaChaBlockGroup) whose keystream stays in L1, so the op writes only its output.
+// Block counter = position, so the result does not depend on how the units are spread over threads. With
+// AVX-512 and glibc's libmvec (TFE_LITE_HAVE_LIBMVEC, defined by the build when -lmvec links) log, sin and
+// cos are libmvec's 16 x float32 / 8 x float64 functions (at most 4 ulp error); otherwise std::log,
+// std::sin and std::cos one value at a time (libm). Either way the pure TensorFlow twin
+// (tfe_lite.prg._normal_tf) gives the same values up to a few ulp.
+// ---------------------------------------------------------------------------------------------------------
+
+template <typename T>
+struct NormalTraits;
+
+template <>
+struct NormalTraits<float> {
+  static constexpr int64_t kNormalsPerBlock = 16;
+  static constexpr float kTwoPi = static_cast<float>(6.283185307179586476925286766559);
+  // U of 32-bit word i of a block.
+  static float Uniform(const u32* block, int64_t i) {
+    return static_cast<float>((block[i] >> 8) + 1) * 0x1p-24f;
+  }
+};
+
+template <>
+struct NormalTraits<double> {
+  static constexpr int64_t kNormalsPerBlock = 8;
+  static constexpr double kTwoPi = 6.283185307179586476925286766559;
+  // U of 64-bit word i of a block.
+  static double Uniform(const u32* block, int64_t i) {
+    u64 x;
+    std::memcpy(&x, block + 2 * i, sizeof(x));
+    return static_cast<double>((x >> 11) + 1) * 0x1p-53;
+  }
+};
+
+// The normals of one block (16 words) into out[0, kNormalsPerBlock), one value at a time.
+template <typename T>
+void BoxMullerBlock(const u32* block, T* out) {
+  using Traits = NormalTraits<T>;
+  constexpr int64_t half = Traits::kNormalsPerBlock / 2;
+  for (int64_t j = 0; j < half; ++j) {
+    const T radius = std::sqrt(std::max(T(-2) * std::log(Traits::Uniform(block, j)), T(0)));
+    const T angle = Traits::kTwoPi * Traits::Uniform(block, half + j);
+    out[j] = radius * std::cos(angle);
+    out[half + j] = radius * std::sin(angle);
+  }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(TFE_LITE_HAVE_LIBMVEC)
+#define TFE_LITE_VECTOR_NORMALS 1
+
+// glibc libmvec's AVX-512 variants (x86-64 vector function ABI: "e" = AVX-512, "N16v" = 16 lanes, one
+// vector argument), declared here because math.h declares them only under -ffast-math.
+extern "C" {
+__m512 _ZGVeN16v_logf(__m512);
+__m512 _ZGVeN16v_sinf(__m512);
+__m512 _ZGVeN16v_cosf(__m512);
+__m512d _ZGVeN8v_log(__m512d);
+__m512d _ZGVeN8v_sin(__m512d);
+__m512d _ZGVeN8v_cos(__m512d);
+}
+
+// U of each 32-bit lane (top 24 bits) and of each 64-bit lane (top 53 bits): exact conversions.
+inline __m512 Uniform24(__m512i w) {
+  const __m512 top = _mm512_cvtepi32_ps(_mm512_srli_epi32(w, 8));
+  return _mm512_mul_ps(_mm512_add_ps(top, _mm512_set1_ps(1.0f)), _mm512_set1_ps(0x1p-24f));
+}
+
+inline __m512d Uniform53(__m512i x) {
+  const __m512d top = _mm512_cvtepu64_pd(_mm512_srli_epi64(x, 11));
+  return _mm512_mul_pd(_mm512_add_pd(top, _mm512_set1_pd(1.0)), _mm512_set1_pd(0x1p-53));
+}
+
+// Two consecutive blocks (32 words) into 2 kNormalsPerBlock normals. The first half of a block (128-bit
+// quarters 0-1) feeds its radii and the second half (quarters 2-3) its angles, so the radius words of both
+// blocks go into one vector and the angle words into another (lanes: first block, then second); the cos
+// and sin results go back the same way.
+inline void BoxMullerBlockPair(const u32* blocks, float* out) {
+  const __m512i first = _mm512_loadu_si512(blocks), second = _mm512_loadu_si512(blocks + 16);
+  const __m512 u_radius = Uniform24(_mm512_shuffle_i64x2(first, second, 0x44));
+  const __m512 u_angle = Uniform24(_mm512_shuffle_i64x2(first, second, 0xEE));
+  const __m512 minus_2_ln = _mm512_mul_ps(_mm512_set1_ps(-2.0f), _ZGVeN16v_logf(u_radius));
+  const __m512 radius = _mm512_sqrt_ps(_mm512_max_ps(minus_2_ln, _mm512_setzero_ps()));
+  const __m512 angle = _mm512_mul_ps(_mm512_set1_ps(NormalTraits<float>::kTwoPi), u_angle);
+  const __m512 c = _mm512_mul_ps(radius, _ZGVeN16v_cosf(angle));
+  const __m512 s = _mm512_mul_ps(radius, _ZGVeN16v_sinf(angle));
+  _mm512_storeu_ps(out, _mm512_shuffle_f32x4(c, s, 0x44));       // first block: cos 0-7, sin 0-7
+  _mm512_storeu_ps(out + 16, _mm512_shuffle_f32x4(c, s, 0xEE));  // second block: cos 8-15, sin 8-15
+}
+
+inline void BoxMullerBlockPair(const u32* blocks, double* out) {
+  const __m512i first = _mm512_loadu_si512(blocks), second = _mm512_loadu_si512(blocks + 16);
+  const __m512d u_radius = Uniform53(_mm512_shuffle_i64x2(first, second, 0x44));
+  const __m512d u_angle = Uniform53(_mm512_shuffle_i64x2(first, second, 0xEE));
+  const __m512d minus_2_ln = _mm512_mul_pd(_mm512_set1_pd(-2.0), _ZGVeN8v_log(u_radius));
+  const __m512d radius = _mm512_sqrt_pd(_mm512_max_pd(minus_2_ln, _mm512_setzero_pd()));
+  const __m512d angle = _mm512_mul_pd(_mm512_set1_pd(NormalTraits<double>::kTwoPi), u_angle);
+  const __m512d c = _mm512_mul_pd(radius, _ZGVeN8v_cos(angle));
+  const __m512d s = _mm512_mul_pd(radius, _ZGVeN8v_sin(angle));
+  _mm512_storeu_pd(out, _mm512_shuffle_f64x2(c, s, 0x44));      // first block: cos 0-3, sin 0-3
+  _mm512_storeu_pd(out + 8, _mm512_shuffle_f64x2(c, s, 0xEE));  // second block: cos 4-7, sin 4-7
+}
+#endif
+
+// The normals of `blocks` consecutive keystream blocks (16 words each) into out[0, blocks kNormalsPerBlock):
+// pairs of blocks by the vector code where built, the rest one by one.
+template <typename T>
+void BoxMuller(const u32* keystream, int64_t blocks, T* out) {
+  constexpr int64_t per_block = NormalTraits<T>::kNormalsPerBlock;
+  int64_t b = 0;
+#ifdef TFE_LITE_VECTOR_NORMALS
+  for (; b + 2 <= blocks; b += 2) BoxMullerBlockPair(keystream + 16 * b, out + per_block * b);
+#endif
+  for (; b < blocks; ++b) BoxMullerBlock(keystream + 16 * b, out + per_block * b);
+}
+
+template <typename T>
+class ChaCha20NormalOp : public OpKernel {
+ public:
+  explicit ChaCha20NormalOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("summands", &summands_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& key_t = context->input(0);
+    const Tensor& stream_t = context->input(1);
+    const Tensor& first_block_t = context->input(2);
+    const Tensor& size_tensor = context->input(3);
+    OP_REQUIRES(context, key_t.dims() == 1 && key_t.dim_size(0) == 4,
+                InvalidArgument("ChaCha20Normal: key must be int64[4], got shape ",
+                                key_t.shape().DebugString()));
+    for (const Tensor* scalar : {&stream_t, &first_block_t, &size_tensor}) {
+      OP_REQUIRES(context, TensorShapeUtils::IsScalar(scalar->shape()),
+                  InvalidArgument("ChaCha20Normal: stream, first_block and size must be scalars, got shape ",
+                                  scalar->shape().DebugString()));
+    }
+    const int64_t size = size_tensor.scalar<int64_t>()();
+    // Normals needed: size * summands, kept far below 2^63 so that block counts cannot overflow.
+    OP_REQUIRES(context, size >= 0 && size <= (int64_t{1} << 56) / summands_,
+                InvalidArgument("ChaCha20Normal: size must be in [0, 2^56 / summands], got size=", size,
+                                " with summands=", summands_));
+    Tensor* out_t = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({size}), &out_t));
+    if (size == 0) return;
+
+    u64 key[4];
+    for (int i = 0; i < 4; ++i) key[i] = static_cast<u64>(key_t.flat<int64_t>()(i));
+    u32 initial[16];
+    InitialState(key, static_cast<u64>(stream_t.scalar<int64_t>()()), initial);
+    const u64 first_block = static_cast<u64>(first_block_t.scalar<int64_t>()());
+    T* out = out_t->flat<T>().data();
+
+    // Unit u: outputs [u C, (u + 1) C) from groups [u s, (u + 1) s), C = the normals of one group.
+    constexpr int64_t kGroupNormals = kParallelBlocks * NormalTraits<T>::kNormalsPerBlock;
+    const int64_t s = summands_;
+    const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(s)));
+    const int64_t units = CeilDiv(size, kGroupNormals);
+    ParallelFor(context, units, s * kParallelBlocks * 900, [&](int64_t begin, int64_t end) {
+      alignas(64) u32 keystream[16 * kParallelBlocks];
+      std::vector<T> normals(s * kGroupNormals);
+      for (int64_t unit = begin; unit < end; ++unit) {
+        const int64_t outputs = std::min(kGroupNormals, size - unit * kGroupNormals);
+        T* target = out + unit * kGroupNormals;
+        // One summand and a whole unit: straight into the output; otherwise through the buffer.
+        T* normal = s == 1 && outputs == kGroupNormals ? target : normals.data();
+        const int64_t groups = CeilDiv(outputs * s, kGroupNormals);
+        for (int64_t g = 0; g < groups; ++g) {
+          const u64 block = first_block + static_cast<u64>((unit * s + g) * kParallelBlocks);
+          ChaChaBlockGroup(initial, block, keystream);
+          BoxMuller(keystream, kParallelBlocks, normal + g * kGroupNormals);
+        }
+        if (normal == target) continue;
+        if (s == 1) {
+          std::copy(normal, normal + outputs, target);
+          continue;
+        }
+        for (int64_t i = 0; i < outputs; ++i) {
+          T sum = normal[s * i];
+          for (int64_t t = 1; t < s; ++t) sum += normal[s * i + t];
+          target[i] = sum * scale;
+        }
+      }
+    });
+  }
+
+ private:
+  int64_t summands_;
+};
+
+absl::Status ChaCha20NormalShape(InferenceContext* c) {
+  ShapeHandle unused;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &unused));
+  DimensionHandle key_words, size;
+  TF_RETURN_IF_ERROR(c->WithValue(c->Dim(c->input(0), 0), 4, &key_words));
+  for (int i = 1; i <= 3; ++i) TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+  TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(3, &size));
+  c->set_output(0, c->Vector(size));
+  return absl::OkStatus();
+}
+
 }  // namespace
 }  // namespace tfe_lite
 
 // Whether RingMatMul's kernel='amx' works in this process (for tests and benchmarks).
 extern "C" __attribute__((visibility("default"))) int tfe_lite_ring_ops_amx_available() {
   return tfe_lite::AmxAvailable() ? 1 : 0;
+}
+
+// The Box-Muller stage of ChaCha20Normal alone, for tests of chosen keystream words (uniform edge cases):
+// the normals of `blocks` blocks (64 bytes each) of `keystream` into `out` (float32 if `double_precision`
+// is 0, else float64), through the same code as the op.
+extern "C" __attribute__((visibility("default"))) void tfe_lite_box_muller(const void* keystream,
+                                                                         int64_t blocks, int double_precision,
+                                                                         void* out) {
+  const auto* words = static_cast<const uint32_t*>(keystream);
+  if (double_precision) {
+    tfe_lite::BoxMuller(words, blocks, static_cast<double*>(out));
+  } else {
+    tfe_lite::BoxMuller(words, blocks, static_cast<float*>(out));
+  }
+}
+
+// Whether ChaCha20Normal uses libmvec's AVX-512 functions (1) or the scalar std:: ones (0).
+extern "C" __attribute__((visibility("default"))) int tfe_lite_vector_normals() {
+#ifdef TFE_LITE_VECTOR_NORMALS
+  return 1;
+#else
+  return 0;
+#endif
 }
 
 REGISTER_OP("RingMatMul")
@@ -855,5 +1099,25 @@ from `first_block` (state words 12-13), 64-bit `stream` id (state words 14-15). 
 little-endian keystream bytes 8i..8i+7.
 )doc");
 
+REGISTER_OP("ChaCha20Normal")
+    .Input("key: int64")
+    .Input("stream: int64")
+    .Input("first_block: int64")
+    .Input("size: int64")
+    .Output("output: dtype")
+    .Attr("dtype: {float, double} = DT_FLOAT")
+    .Attr("summands: int >= 1 = 1")
+    .SetShapeFn(tfe_lite::ChaCha20NormalShape)
+    .Doc(R"doc(
+`size` standard normals of `dtype` from the ChaCha20 keystream of (`key`, `stream`) from block `first_block`
+on (as ChaCha20Keystream) by the Box-Muller transform: per 64-byte block 16 (float32, 24-bit uniforms) or 8
+(float64, 53-bit uniforms) normals; each output is the sum of `summands` consecutive normals over
+sqrt(summands). The exact mapping of keystream bits to outputs is documented in ring_ops.cc.
+)doc");
+
 REGISTER_KERNEL_BUILDER(Name("RingMatMul").Device(tensorflow::DEVICE_CPU), tfe_lite::RingMatMulOp);
 REGISTER_KERNEL_BUILDER(Name("ChaCha20Keystream").Device(tensorflow::DEVICE_CPU), tfe_lite::ChaCha20KeystreamOp);
+REGISTER_KERNEL_BUILDER(Name("ChaCha20Normal").Device(tensorflow::DEVICE_CPU).TypeConstraint<float>("dtype"),
+                        tfe_lite::ChaCha20NormalOp<float>);
+REGISTER_KERNEL_BUILDER(Name("ChaCha20Normal").Device(tensorflow::DEVICE_CPU).TypeConstraint<double>("dtype"),
+                        tfe_lite::ChaCha20NormalOp<double>);

@@ -9,12 +9,12 @@ from tfe_lite.privacy.attacks import (
 )
 from tfe_lite.privacy.callbacks import PrivacyBudgetCallback
 from tfe_lite.privacy.model import AdaptiveClipping, DPConfig, DPModel, make_private
-from tfe_lite.privacy.noise import GeneratorNoise, SecureNoise
+from tfe_lite.privacy.noise import ChaCha20Noise, GeneratorNoise, SecureNoise
 from tfe_lite.privacy.sampling import poisson_batches
 
 __all__ = [
-    "AdaptiveClipping", "AttackResult", "DPConfig", "DPModel", "GeneratorNoise", "PrivacyBudgetCallback",
-    "SecureNoise", "compute_epsilon", "compute_noise_multiplier", "dp_sgd_event", "lira_attack",
-    "loss_threshold_attack", "loss_threshold_attack_on_model", "make_private", "poisson_batches",
-    "privacy_statement",
+    "AdaptiveClipping", "AttackResult", "ChaCha20Noise", "DPConfig", "DPModel", "GeneratorNoise",
+    "PrivacyBudgetCallback", "SecureNoise", "compute_epsilon", "compute_noise_multiplier", "dp_sgd_event",
+    "lira_attack", "loss_threshold_attack", "loss_threshold_attack_on_model", "make_private",
+    "poisson_batches", "privacy_statement",
 ]

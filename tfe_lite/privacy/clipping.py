@@ -6,24 +6,31 @@ is the mean of its examples' losses. DP-SGD needs, for each record ``r`` with gr
 
 :class:`VectorizedClipper` works for any model: ``tf.vectorized_map`` runs forward and backward on each
 record (pfor vectorization, one batched program, no Python loop) and materializes every per-record gradient.
-Memory grows with ``records x parameters``.
+Memory grows with ``records x parameters``, and so does time: on a CPU this path is bound by writing and
+reading those gradients (for a 270k-parameter MLP at batch 256, 69 million floats per step). pfor's own rule
+for a convolution's kernel gradient is a ``while_loop`` of one ``Conv2DBackpropFilter`` per record; while
+tracing, :class:`VectorizedClipper` swaps in :func:`tfe_lite.ops.dp.per_record_conv2d_kernel_grad`.
 
-:class:`GhostClipper` ("ghost clipping", Goodfellow 2015; Li et al. 2022; Bu et al. 2023) never materializes
-per-record gradients for the supported layers. A trainable layer computes ``z = a W (+ b)``, so a record's
-kernel gradient is ``A_r^T G_r`` with ``A_r`` its input rows (``T`` of them: the positions of a sequence, the
-output pixels of a convolution as im2col patches) and ``G_r = dL_r / dz`` its output-gradient rows. Then
+:class:`GhostClipper` ("ghost clipping", Goodfellow 2015; Li et al. 2022; Bu et al. 2023) computes record
+norms from each supported layer's input activations and output gradients. A trainable layer computes
+``z = a W (+ b)``, so a record's kernel gradient is ``A_r^T G_r`` with ``A_r`` its input rows (``T`` of them:
+the positions of a sequence, the output pixels of a convolution as im2col patches) and ``G_r = dL_r / dz``
+its output-gradient rows. Per layer it takes the cheapest of
 
-* ``T = 1`` (a Dense layer on 2-D input): ``||A^T G||^2 = ||a||^2 ||g||^2``;
-* otherwise the cheaper of ``||A^T G||_F^2`` formed directly (``T d u`` per record) and the Gram form
-  ``<A A^T, G G^T>_F`` (``T^2 (d + u)``). For Conv2D the direct form goes one kernel offset at a time (the
-  strided slice of the input that the offset reads, against ``G``), so the im2col tensor is never built;
+* ``T = 1`` (a Dense layer on 2-D input): ``||A^T G||^2 = ||a||^2 ||g||^2``, with no per-record gradient;
+* the Gram form ``<A A^T, G G^T>_F`` (``T^2 (d + u)`` per record), with no per-record gradient;
+* the per-record gradient ``A_r^T G_r`` itself (``T d u`` per record: what the layer's summed kernel gradient
+  costs). When it fits in :data:`MATERIALIZE_BYTES` it is kept and the layer's share of the clipped sum is
+  ``sum_r f_r A_r^T G_r`` directly, so that layer's weight gradient is never computed a second time ("mixed"
+  ghost clipping, Bu et al. 2023). For Conv2D the native op builds each record's im2col patches block by
+  block in cache, never the whole im2col tensor;
 * Embedding: ``sum_{t,s} [id_t = id_s] <g_t, g_s>``; a bias: ``||sum_t g_t||^2``.
 
 One forward pass records every layer's input ``a`` and pre-activation ``z``, one backward pass gives ``G``;
-the clipped sum is then each layer's weight gradient with output gradients ``f_r G_r`` (the layer's own
-backprop-to-weights op, no second pass through the network). Supported: Dense (any input rank), Conv2D
-(channels_last, groups=1) and Embedding, in Functional or Sequential models whose every trainable layer is
-one of these and is called once.
+the clipped sum of the layers without kept gradients is their weight gradient with output gradients
+``f_r G_r`` (the layer's own backprop-to-weights op, no second pass through the network). Supported: Dense
+(any input rank), Conv2D (channels_last, groups=1) and Embedding, in Functional or Sequential models whose
+every trainable layer is one of these and is called once.
 
 Layers whose per-example gradients do not exist (BatchNormalization in training mixes the examples of a
 batch) or that add data-dependent losses (activity regularizers) are refused by :func:`check_layers`.
@@ -31,7 +38,10 @@ batch) or that add data-dependent losses (activity regularizers) are refused by 
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +50,7 @@ import tensorflow as tf
 from keras.src.models.functional import Functional
 
 from tfe_lite.errors import UnsupportedLayerError
+from tfe_lite.ops.dp import per_record_conv2d_kernel_grad
 
 #: ``loss_fn(y, y_pred, sample_weight) -> [batch]``: each example's loss.
 LossFn = Callable[[Any, Any, Any], tf.Tensor]
@@ -203,6 +214,76 @@ def _unvectorizable(error: Exception, model: keras.Model) -> UnsupportedLayerErr
     )
 
 
+def _pfor_conv2d_kernel_grads(pfor_input: Any) -> Any:
+    """pfor converter of ``Conv2DBackpropFilter`` with per-record inputs: each record's kernel gradient by
+    :func:`tfe_lite.ops.dp.per_record_conv2d_kernel_grad` (TensorFlow's own converter runs a ``while_loop``
+    of one small ``Conv2DBackpropFilter`` per record). Other cases go to TensorFlow's converter."""
+    from tensorflow.python.ops.parallel_for import pfor
+
+    inputs, inputs_stacked, _ = pfor_input.input(0)
+    kernel = tf.get_static_value(pfor_input.unstacked_input(1))
+    padding = pfor_input.get_attr("padding")
+    if isinstance(padding, bytes):
+        padding = padding.decode()
+    data_format = pfor_input.get_attr("data_format")
+    if isinstance(data_format, bytes):
+        data_format = data_format.decode()
+    strides, dilations = pfor_input.get_attr("strides"), pfor_input.get_attr("dilations")
+    if (
+        not inputs_stacked
+        or kernel is None
+        or data_format != "NHWC"
+        or padding not in ("VALID", "SAME")
+        or inputs.shape.rank != 5
+        or None in inputs.shape[2:4]
+    ):
+        return _TF_CONV2D_FILTER_CONVERTER(pfor_input)
+    grads = pfor_input.stacked_input(2)
+    records = tf.shape(inputs)[0]
+    merged_inputs = tf.reshape(inputs, tf.concat([[-1], tf.shape(inputs)[2:]], axis=0))
+    merged_inputs.set_shape([None, *inputs.shape[2:]])
+    merged_grads = tf.reshape(grads, tf.concat([[-1], tf.shape(grads)[2:]], axis=0))
+    merged_grads.set_shape([None, *grads.shape[2:]])
+    per_example = per_record_conv2d_kernel_grad(
+        merged_inputs,
+        merged_grads,
+        [int(kernel[0]), int(kernel[1])],
+        strides=list(strides[1:3]),
+        dilations=list(dilations[1:3]),
+        padding=padding,
+    )
+    shape = tf.concat([[records, -1], tf.shape(per_example)[1:]], axis=0)
+    return pfor.wrap(tf.reduce_sum(tf.reshape(per_example, shape), axis=1), True)
+
+
+_TF_CONV2D_FILTER_CONVERTER: Callable[[Any], Any] | None = None
+_converter_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _per_record_conv_converter():
+    """While tracing ``tf.vectorized_map``, convert ``Conv2DBackpropFilter`` by per-record kernel gradients.
+
+    pfor has no public way to register a converter for an op it already knows, so this swaps the entry of
+    its registry for the duration of the trace (under a lock) and restores TensorFlow's afterwards.
+    """
+    global _TF_CONV2D_FILTER_CONVERTER
+    from tensorflow.python.ops.parallel_for import pfor
+
+    registry = pfor._pfor_converter_registry
+    with _converter_lock:
+        original = registry.get("Conv2DBackpropFilter")
+        if original is None:  # a TensorFlow without that converter: leave pfor as it is
+            yield
+            return
+        _TF_CONV2D_FILTER_CONVERTER = original
+        registry["Conv2DBackpropFilter"] = _pfor_conv2d_kernel_grads
+        try:
+            yield
+        finally:
+            registry["Conv2DBackpropFilter"] = original
+
+
 class VectorizedClipper:
     """Per-record gradients of any model by ``tf.vectorized_map`` over records."""
 
@@ -237,7 +318,8 @@ class VectorizedClipper:
             return [tf.convert_to_tensor(g) for g in grads], losses, y_pred
 
         def vectorized():
-            return tf.vectorized_map(one_record, records, fallback_to_while_loop=False)
+            with _per_record_conv_converter():
+                return tf.vectorized_map(one_record, records, fallback_to_while_loop=False)
 
         def empty():
             # An empty batch: some pfor rules (the loop of Conv2DBackpropFilter's) fail on zero iterations.
@@ -325,87 +407,116 @@ _TAPS = {
 }
 
 
-def _outer_sum_sq_norms(a: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
-    """``||sum_t a_t g_t^T||_F^2`` per record for ``a [R, T, d]`` and ``g [R, T, u]``."""
+#: Largest per-record gradient of one layer (``records x weights``, in bytes) that :class:`GhostClipper`
+#: keeps in memory to reuse for the clipped sum; above it only the norms are formed and the clipped sum
+#: takes a second backward pass through the layer.
+MATERIALIZE_BYTES = 256 * 2**20
+
+
+class _LayerRecords:
+    """One tapped layer's per-record squared gradient norms ``sq [records]`` and, when they were formed
+    anyway and fit in :data:`MATERIALIZE_BYTES`, its per-record gradients ``{id(weight): [records, *shape]}``
+    (then the clipped sum is their weighted sum, with no second backward pass)."""
+
+    def __init__(self, sq: tf.Tensor, grads: dict[int, tf.Tensor] | None = None) -> None:
+        self.sq = sq
+        self.grads = grads
+
+
+def _fits(layer: keras.layers.Layer, records: int | None, dtype: tf.DType) -> bool:
+    """Whether ``records`` per-record gradients of ``layer`` fit in :data:`MATERIALIZE_BYTES` (an unknown
+    record count, as when Keras traces with a dynamic batch size, is taken as 1024)."""
+    size = sum(math.prod(w.shape) for w in layer.trainable_weights)
+    return (records or 1024) * size * dtype.size <= MATERIALIZE_BYTES
+
+
+def _sum_sq(t: tf.Tensor) -> tf.Tensor:
+    """Sum of squares over every axis but the first."""
+    return tf.reduce_sum(tf.square(tf.reshape(t, [tf.shape(t)[0], -1])), axis=1)
+
+
+def _with_bias(layer, kernel_grads: tf.Tensor | None, sq: tf.Tensor, g: tf.Tensor) -> _LayerRecords:
+    """Adds the bias (``g [records, rows, units]``) to a layer's norms and, if materialized, its gradients."""
+    bias_grads = tf.reduce_sum(g, axis=1) if layer.bias is not None else None
+    if bias_grads is not None:
+        sq = sq + _sum_sq(bias_grads)
+    if kernel_grads is None:
+        return _LayerRecords(sq)
+    grads = {id(layer.kernel): tf.reshape(kernel_grads, [-1, *layer.kernel.shape])}
+    if bias_grads is not None:
+        grads[id(layer.bias)] = bias_grads
+    return _LayerRecords(sq, grads)
+
+
+def _dense_records(layer: keras.layers.Layer, a: tf.Tensor, g: tf.Tensor) -> _LayerRecords:
+    """Norms (and maybe gradients) of a Dense layer, ``a [R, T, d]``, ``g [R, T, u]``: ``T = 1`` gives
+    ``||a||^2 ||g||^2``; else the cheaper of the per-record gradient ``A^T G`` (``T d u`` per record, kept for
+    the clipped sum when it fits) and the Gram form ``<A A^T, G G^T>`` (``T^2 (d + u)``)."""
     rows, d, u = a.shape[1], a.shape[-1], g.shape[-1]
     if rows == 1:
-        return tf.reduce_sum(tf.square(a), axis=[1, 2]) * tf.reduce_sum(tf.square(g), axis=[1, 2])
+        sq = tf.reduce_sum(tf.square(a), axis=[1, 2]) * tf.reduce_sum(tf.square(g), axis=[1, 2])
+        return _with_bias(layer, None, sq, g)
     if rows is not None and rows * (d + u) < d * u:
         gram_a = tf.einsum("rtd,rsd->rts", a, a)
         gram_g = tf.einsum("rtu,rsu->rts", g, g)
-        return tf.reduce_sum(gram_a * gram_g, axis=[1, 2])
+        return _with_bias(layer, None, tf.reduce_sum(gram_a * gram_g, axis=[1, 2]), g)
     per_record = tf.einsum("rtd,rtu->rdu", a, g)
-    return tf.reduce_sum(tf.square(per_record), axis=[1, 2])
+    keep = _fits(layer, a.shape[0], g.dtype)
+    return _with_bias(layer, per_record if keep else None, _sum_sq(per_record), g)
 
 
-def _bias_sq_norms(g: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_sum(tf.square(tf.reduce_sum(g, axis=1)), axis=-1)
-
-
-def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TensorFlow's "SAME" padding (before, after) of one spatial dimension."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-def _conv2d_sq_norms(
+def _conv2d_records(
     layer: keras.layers.Layer, a: tf.Tensor, g: tf.Tensor, microbatches: int | None
-) -> tf.Tensor:
-    """Squared kernel-gradient norm of each record of a Conv2D layer (channels_last, groups=1).
+) -> _LayerRecords:
+    """Norms (and maybe gradients) of a Conv2D layer (channels_last, groups=1), ``a`` and ``g`` per example.
 
-    The kernel gradient at offset (i, j) is ``S_ij^T G`` with ``S_ij`` the input pixels that offset reads
-    (a strided slice of the padded input): one batched matmul per offset, no im2col tensor in memory.
+    With ``T`` output pixels and ``d = kh kw in`` the kernel gradient of a record is ``P^T G`` with ``P`` its
+    im2col patches. The per-example kernel gradients (:func:`tfe_lite.ops.dp.per_record_conv2d_kernel_grad`,
+    ``T d u`` per example, no im2col tensor in memory) cost what the summed kernel gradient costs, so when
+    they fit they are kept and the clipped sum is their weighted sum. The Gram form ``<P P^T, G G^T>``
+    (``T^2 (d + u)``) serves when it is cheaper.
     """
     kh, kw = layer.kernel_size
     (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
     height, width, out_h, out_w = a.shape[1], a.shape[2], g.shape[1], g.shape[2]
-    if None in (height, width, out_h, out_w):  # dynamic image size: im2col by extract_patches
+    g_rows = _to_records(g, microbatches, 1)
+    if None in (height, width, out_h, out_w) or out_h * out_w * (kh * kw * a.shape[-1] + g.shape[-1]) < (
+        kh * kw * a.shape[-1] * g.shape[-1]
+    ):
         patches = tf.image.extract_patches(
-            a,
-            sizes=[1, kh, kw, 1],
-            strides=[1, sh, sw, 1],
-            rates=[1, dh, dw, 1],
-            padding=layer.padding.upper(),
+            a, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1], rates=[1, dh, dw, 1], padding=layer.padding.upper()
         )
-        return _outer_sum_sq_norms(_to_records(patches, microbatches, 1), _to_records(g, microbatches, 1))
-    if layer.padding == "same":
-        top, bottom = _same_padding(height, kh, sh, dh)
-        left, right = _same_padding(width, kw, sw, dw)
-        a = tf.pad(a, [[0, 0], [top, bottom], [left, right], [0, 0]])
-    rows_read, cols_read = (out_h - 1) * sh + 1, (out_w - 1) * sw + 1
-    windows = [
-        a[:, i * dh : i * dh + rows_read : sh, j * dw : j * dw + cols_read : sw, :]
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    slices = [_to_records(window, microbatches, 1) for window in windows]
-    g = _to_records(g, microbatches, 1)
-    rows, channels, units = g.shape[1], a.shape[-1], g.shape[-1]
-    if rows is not None and rows * (kh * kw * channels + units) < kh * kw * channels * units:
-        gram_a = tf.add_n([tf.einsum("rtc,rsc->rts", s, s) for s in slices])
-        return tf.reduce_sum(gram_a * tf.einsum("rtu,rsu->rts", g, g), axis=[1, 2])
-    return tf.add_n(
-        [tf.reduce_sum(tf.square(tf.matmul(s, g, transpose_a=True)), axis=[1, 2]) for s in slices]
+        p_rows = _to_records(patches, microbatches, 1)
+        rows = p_rows.shape[1]
+        if rows is not None and rows * (p_rows.shape[-1] + g.shape[-1]) < p_rows.shape[-1] * g.shape[-1]:
+            gram = tf.einsum("rtd,rsd->rts", p_rows, p_rows) * tf.einsum("rtu,rsu->rts", g_rows, g_rows)
+            return _with_bias(layer, None, tf.reduce_sum(gram, axis=[1, 2]), g_rows)
+        per_record = tf.einsum("rtd,rtu->rdu", p_rows, g_rows)
+        return _with_bias(layer, None, _sum_sq(per_record), g_rows)
+    per_example = per_record_conv2d_kernel_grad(
+        a, g, layer.kernel_size, strides=layer.strides, dilations=layer.dilation_rate, padding=layer.padding
     )
+    if microbatches is not None:
+        per_example = tf.reduce_sum(
+            tf.reshape(per_example, [microbatches, -1, *per_example.shape[1:]]), axis=1
+        )
+    records = a.shape[0] if microbatches is None else microbatches
+    keep = _fits(layer, records, g.dtype)
+    return _with_bias(layer, per_example if keep else None, _sum_sq(per_example), g_rows)
 
 
-def _sq_norms(layer: keras.layers.Layer, a: tf.Tensor, g: tf.Tensor, microbatches: int | None) -> tf.Tensor:
-    """Squared norm of each record's gradient for all of ``layer``'s weights."""
+def _layer_records(layer: keras.layers.Layer, a: tf.Tensor, g: tf.Tensor, microbatches: int | None) -> _LayerRecords:
+    """Each record's squared gradient norm for all of ``layer``'s weights (and maybe the gradients)."""
     if isinstance(layer, keras.layers.Embedding):
         ids = _to_records(a, microbatches, 0)
         g = _to_records(g, microbatches, 1)
         if ids.shape[1] == 1:
-            return tf.reduce_sum(tf.square(g), axis=[1, 2])
+            return _LayerRecords(tf.reduce_sum(tf.square(g), axis=[1, 2]))
         same = tf.cast(tf.equal(ids[:, :, None], ids[:, None, :]), g.dtype)
-        return tf.reduce_sum(same * tf.einsum("rtu,rsu->rts", g, g), axis=[1, 2])
+        return _LayerRecords(tf.reduce_sum(same * tf.einsum("rtu,rsu->rts", g, g), axis=[1, 2]))
     if isinstance(layer, keras.layers.Conv2D):
-        sq = _conv2d_sq_norms(layer, a, g, microbatches)
-    else:
-        sq = _outer_sum_sq_norms(_to_records(a, microbatches, 1), _to_records(g, microbatches, 1))
-    if layer.bias is not None:
-        sq += _bias_sq_norms(_to_records(g, microbatches, 1))
-    return sq
+        return _conv2d_records(layer, a, g, microbatches)
+    return _dense_records(layer, _to_records(a, microbatches, 1), _to_records(g, microbatches, 1))
 
 
 class GhostClipper:
@@ -483,16 +594,21 @@ class GhostClipper:
             if microbatches is not None:
                 total = total / tf.cast(tf.maximum(batch // microbatches, 1), total.dtype)
         grads_z = tape.gradient(total, zs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        sq = [
-            _sq_norms(layer, a, g, microbatches)
+        layers = [
+            _layer_records(layer, a, g, microbatches)
             for (layer, _, _), a, g in zip(self._taps, acts, grads_z)
         ]
-        norms = tf.sqrt(tf.add_n(sq))
+        norms = tf.sqrt(tf.add_n([records.sq for records in layers]))
 
         def weighted_sum(factors):
             per_example = _expand_factors(factors, microbatches, batch)
             result = {}
-            for (layer, _, _), z, g in zip(self._taps, zs, grads_z):
+            for (layer, _, _), z, g, records in zip(self._taps, zs, grads_z, layers):
+                if records.grads is not None:  # per-record gradients at hand: sum_r f_r g_r
+                    for w in layer.trainable_weights:
+                        per_record = records.grads[id(w)]
+                        result[id(w)] = tf.tensordot(tf.cast(factors, per_record.dtype), per_record, axes=1)
+                    continue
                 scale = tf.reshape(tf.cast(per_example, g.dtype), [-1] + [1] * (g.shape.rank - 1))
                 weights = layer.trainable_weights
                 grads = tape.gradient(z, weights, output_gradients=g * scale)

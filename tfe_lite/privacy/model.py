@@ -335,7 +335,7 @@ class DPModel(keras.Model):
         if self._dp_config.secure_noise and kwargs.get("jit_compile") is True:
             raise ConfigError(
                 _invalid(
-                    "jit_compile", "False with secure_noise=True (os.urandom cannot be XLA-compiled)", True
+                    "jit_compile", "False with secure_noise=True (its per-step os.urandom key cannot be XLA-compiled)", True
                 )
             )
         loss = kwargs.get("loss", args[1] if len(args) > 1 else None)
@@ -587,9 +587,10 @@ def make_private(
             faster), or ``"auto"``: ghost when every trainable layer allows it, else vectorized.
         adaptive_clipping: ``None`` for a fixed clip; ``True``, a dict of :class:`AdaptiveClipping` options or
             an :class:`AdaptiveClipping` for a clip that follows a quantile of the record norms.
-        secure_noise: draw the noise from ``os.urandom`` with the floating-point mitigation of
-            :class:`tfe_lite.privacy.noise.SecureNoise` (slower, not XLA-compilable).
-        seed: seed of the (non-secure) noise generator, for tests; ``None`` seeds it from ``os.urandom``.
+        secure_noise: draw the noise with :class:`tfe_lite.privacy.noise.SecureNoise`: a fresh
+            ``os.urandom`` key every step, float64, and the floating-point mitigation (about 5x the default
+            draw; not XLA-compilable). The default source is ChaCha20 keyed from ``os.urandom`` (float32).
+        seed: seed of the default noise source's key, for tests; ``None`` keys it from ``os.urandom``.
         expected_batch_size: divide the noised sum by this instead of the actual (global) number of
             records. Use it with Poisson sampling, where the batch size itself depends on the data. Batches
             of 0 examples apply a pure-noise update either way; without ``expected_batch_size`` its noise is

@@ -1,18 +1,35 @@
 """Gaussian noise for DP-SGD: where the randomness comes from, and where it is added under ``tf.distribute``.
 
-Sources (what produces a standard normal sample):
+Sources (what produces a standard normal sample). Both draw with the Box-Muller transform from the ChaCha20
+keystream (:func:`tfe_lite.prg.expand_normal`; the native ``ChaCha20Normal`` op, AVX-512, or its pure
+TensorFlow twin when the native library is not built); they differ in where the key comes from:
 
-* :class:`GeneratorNoise` (the default): a ``tf.random.Generator`` (Philox-4x32-10) seeded with 64 bits from
-  ``os.urandom``, or with ``seed`` when a test fixes it. Fast and fine for experiments, but Philox is not a
-  cryptographically secure generator, its state lives in process memory, and the samples come from a
-  floating-point Gaussian sampler whose output gaps can leak the unnoised value (Mironov, "On significance of
-  the least significant bits for differential privacy", CCS 2012; Jin et al., "Are we there yet? Timing and
-  floating-point attacks on differential privacy systems", S&P 2022).
+* :class:`ChaCha20Noise` (the default; ``GeneratorNoise`` is its former name, kept as an alias): float32
+  normals from a 256-bit key read from ``os.urandom`` when the source is created (or, neither secret nor
+  secure, derived from ``seed`` when a test fixes it), on the stream numbered by a counter variable that the
+  graph increments at every draw, so every step and every execution of a traced function gets fresh noise.
+  ChaCha20 is a cryptographically secure generator (the previous default, Philox-4x32-10, is not), but the
+  key stays in process memory for the whole run (whoever reads it can replay all the noise), and each value
+  is one floating-point Box-Muller sample, whose output gaps can leak the unnoised value (Mironov, "On
+  significance of the least significant bits for differential privacy", CCS 2012; Jin et al., "Are we there
+  yet? Timing and floating-point attacks on differential privacy systems", S&P 2022). About 1 ms for
+  269,322 normals on a 2-core machine, a third of what Philox (``tf.random.Generator``) takes
+  (``benchmarks/noise.py``); the pure TensorFlow twin takes about 30 ms.
+
+  Under XLA (``jit_compile=True``) there is no native op, and ChaCha20 in XLA-compiled TensorFlow ops costs
+  ~25 ms for that draw. There the source draws instead with TensorFlow's stateless Philox sampler
+  (``tf.random.stateless_normal``, which XLA compiles), seeded at every draw with ChaCha20(key, counter)
+  (:func:`tfe_lite.prg.derive_seed`): still fresh per step and repeatable with ``seed``, but not from a
+  cryptographically secure generator and with other values than the native draw, i.e. what the default
+  source was before. :attr:`ChaCha20Noise.xla_algorithm` names it.
 * :class:`SecureNoise` (``secure_noise=True``), modelled on Opacus' ``secure_mode``:
 
-  1. Every sample's randomness is fresh output of ``os.urandom`` (the kernel CSPRNG, ChaCha20 on Linux),
-     fetched at every step. Nothing is seeded and no generator state exists that could be read or
-     replayed, so ``seed`` is refused.
+  1. Every draw reads a fresh 256-bit key from ``os.urandom`` (the kernel CSPRNG) and expands it with
+     ChaCha20. Nothing is seeded, the key lives only in that step's tensors, and no generator state exists
+     that could be read or replayed, so ``seed`` is refused. (The values are no longer raw ``os.urandom``
+     bytes but the keystream of a key from it, indistinguishable from uniform under ChaCha20's standard
+     assumption, the one Linux's CSPRNG itself rests on: since Linux 4.8 its output is ChaCha20 keystream
+     too.)
   2. Uniforms in (0, 1] with 53 random bits are turned into normals by the Box-Muller transform in float64.
   3. Each noise value is ``(z1 + z2 + z3 + z4) / 2`` for four independent standard normals (std 1, like one
      normal). Summing several samples fills the gaps in the set of floats one sampler can produce, the
@@ -20,8 +37,10 @@ Sources (what produces a standard normal sample):
      that Opacus uses. It mitigates the floating-point attacks; it does not make them provably impossible
      (that would need a discrete Gaussian on a fixed-point grid).
 
-  The cost is 32 bytes of ``os.urandom`` per noised parameter per step (about 25 ms for 200,000 parameters
-  on a 2-core machine), and the draw runs in Python (``tf.numpy_function``), so it cannot be XLA-compiled.
+  The cost is 32 bytes of ``os.urandom`` per step (one ``tf.numpy_function`` call) plus 32 bytes of
+  keystream per noised parameter: about 5 ms for 269,322 parameters on a 2-core machine with the native op
+  (reading every byte from ``os.urandom`` took 25 to 60 ms; the pure TensorFlow twin takes about 110 ms).
+  The ``os.urandom`` read runs in Python, so the source cannot be XLA-compiled.
 
 Placement under ``tf.distribute`` (see :meth:`NoiseSource.normal`): the noise of one global batch is drawn
 once, on the first replica of the sync group (on the chief under ``MultiWorkerMirroredStrategy``). Other
@@ -42,7 +61,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfe_lite import ops, prg
 from tfe_lite.errors import ConfigError
+from tfe_lite.random import KEY_WORDS, _as_words, _key_bytes, validate_seed
 
 #: How many standard normals :class:`SecureNoise` sums (and halves) for each noise value.
 SECURE_SUMMANDS = 4
@@ -108,47 +129,65 @@ class NoiseSource(abc.ABC):
         return tf.nest.pack_sequence_as(structure, noise)
 
 
-class GeneratorNoise(NoiseSource):
-    """Normals from a ``tf.random.Generator`` (Philox) seeded from ``os.urandom`` unless ``seed`` is given.
+class ChaCha20Noise(NoiseSource):
+    """Float32 normals from ChaCha20 with a key from ``os.urandom`` (or ``seed``) and a run-time counter.
 
     Create it where the model's variables are created (inside ``strategy.scope()`` under ``tf.distribute``).
+    Only the first replica draws, so the key and counter variables are synchronized on read with aggregation
+    "only first replica": the first replica's copies are the ones that count, and advancing the counter
+    needs no cross-replica update.
     """
+
+    _draw_on_every_replica = False
+    #: The sampler used where the draw is XLA-compiled (see the module docstring).
+    xla_algorithm = "philox"
 
     def __init__(self, seed: int | None = None, *, shared: bool = False) -> None:
         super().__init__(shared=shared)
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little") >> 1  # from_seed takes a non-negative int64
-        self._generator = tf.random.Generator.from_seed(seed)
+        seed = validate_seed(seed)
+        first_replica = {
+            "trainable": False,
+            "synchronization": tf.VariableSynchronization.ON_READ,
+            "aggregation": tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        }
+        key = _as_words(_key_bytes(seed, "privacy/noise"))  # os.urandom, or SHA-256 of the seed
+        self._key = tf.Variable(key, name="noise_key", **first_replica)
+        self._counter = tf.Variable(np.int64(0), name="noise_counter", **first_replica)
 
     def _standard_normal(self, size: tf.Tensor) -> tf.Tensor:
-        return self._generator.normal([size], dtype=tf.float32)
+        counter = self._counter.assign_add(1)
+        key = self._key.read_value()
+        if ops.in_xla_context():
+            seed = prg.derive_seed(key, counter)[:2]
+            return tf.random.stateless_normal([size], seed, dtype=tf.float32, alg=self.xla_algorithm)
+        return prg.expand_normal(key, size, stream=counter, dtype=tf.float32)
 
 
-def _urandom_uniform(count: np.ndarray) -> np.ndarray:
-    """``count`` uniforms in (0, 1] with 53 bits each, from ``os.urandom``."""
-    count = int(count)
-    bits = np.frombuffer(os.urandom(8 * count), dtype=np.uint64)
-    return ((bits >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53
+#: The former name of :class:`ChaCha20Noise` (it drew from a ``tf.random.Generator``).
+GeneratorNoise = ChaCha20Noise
+
+
+def _urandom_key() -> np.ndarray:
+    """A fresh 256-bit key (int64[4]) from ``os.urandom``."""
+    return _as_words(os.urandom(8 * KEY_WORDS))
 
 
 class SecureNoise(NoiseSource):
-    """Normals from ``os.urandom`` via float64 Box-Muller, each the halved sum of four (see module doc)."""
+    """Float64 normals, each the halved sum of four, from ChaCha20 with a new ``os.urandom`` key per step."""
 
     secure = True
     _draw_on_every_replica = False
     _dtype = tf.float64
 
     def _standard_normal(self, size: tf.Tensor) -> tf.Tensor:
-        size = tf.cast(size, tf.int64)
-        normals = SECURE_SUMMANDS * size
-        pairs = (normals + 1) // 2
-        uniform = tf.numpy_function(_urandom_uniform, [2 * pairs], tf.float64, stateful=True)
-        uniform = tf.reshape(uniform, [2, pairs])
-        radius = tf.sqrt(-2.0 * tf.math.log(uniform[0]))
-        angle = (2.0 * np.pi) * uniform[1]
-        z = tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], axis=0)[:normals]
-        z = tf.reshape(z, [SECURE_SUMMANDS, size])
-        return tf.reduce_sum(z, axis=0) / np.sqrt(float(SECURE_SUMMANDS))
+        if ops.in_xla_context():
+            raise ConfigError(
+                "SecureNoise cannot be XLA-compiled: it reads os.urandom at every step (tf.numpy_function). "
+                "Use jit_compile=False."
+            )
+        key = tf.numpy_function(_urandom_key, [], tf.int64, stateful=True, name="urandom_key")
+        key = tf.ensure_shape(key, [KEY_WORDS])
+        return prg.expand_normal(key, size, dtype=tf.float64, summands=SECURE_SUMMANDS)
 
 
 def make_noise_source(*, secure: bool, seed: int | None, shared: bool = False) -> NoiseSource:
@@ -160,4 +199,4 @@ def make_noise_source(*, secure: bool, seed: int | None, shared: bool = False) -
                 f"comes from os.urandom at every step and cannot be seeded). Received: seed={seed!r}"
             )
         return SecureNoise(shared=shared)
-    return GeneratorNoise(seed, shared=shared)
+    return ChaCha20Noise(seed, shared=shared)
