@@ -16,6 +16,7 @@ settings.load_profile("tfe_lite")
 
 import os  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from tfe_lite import ops  # noqa: E402
@@ -47,3 +48,17 @@ def backend(request, monkeypatch):
 def switch_backend(monkeypatch):
     """A function that switches the backend within one test (for comparing both in the same test)."""
     return lambda name: use_backend(monkeypatch, name)
+
+
+@pytest.fixture
+def both_backends(monkeypatch):
+    """A function ``fn -> [native result, pure-TF result]`` (numpy arrays): ``fn()`` run with each backend."""
+
+    def run(fn):
+        results = []
+        for name in ("native", "tensorflow"):
+            use_backend(monkeypatch, name)
+            results.append(np.asarray(fn()))
+        return results
+
+    return run

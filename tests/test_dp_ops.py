@@ -62,15 +62,12 @@ def test_matches_conv2d_backprop_filter_per_record(backend, case, dtype):
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=tol)
 
 
-def test_native_and_twin_agree(switch_backend):
+def test_native_and_twin_agree(both_backends):
     rng = np.random.default_rng(7)
     x = tf.constant(rng.normal(size=(4, 12, 12, 3)), tf.float32)
     g = tf.constant(rng.normal(size=(4, 6, 6, 5)), tf.float32)
-    results = {}
-    for name in ("native", "tensorflow"):
-        switch_backend(name)
-        results[name] = per_record_conv2d_kernel_grad(x, g, 3, strides=2, padding="same").numpy()
-    np.testing.assert_allclose(results["native"], results["tensorflow"], rtol=1e-5, atol=1e-5)
+    native, twin = both_backends(lambda: per_record_conv2d_kernel_grad(x, g, 3, strides=2, padding="same"))
+    np.testing.assert_allclose(native, twin, rtol=1e-5, atol=1e-5)
 
 
 def test_zero_records_and_empty_output(backend):

@@ -35,15 +35,6 @@ def _twin_tolerance(dtype):
     return {"rtol": TWIN_ULPS * eps, "atol": TWIN_ULPS * eps}
 
 
-def both_backends(switch_backend, fn):
-    """fn() computed by each backend, as numpy arrays (native first)."""
-    results = []
-    for name in ("native", "tensorflow"):
-        switch_backend(name)
-        results.append(np.asarray(fn()))
-    return results
-
-
 def reference(key, size, stream, dtype, summands=1):
     """The module docstring's mapping in numpy float64, from the int64 keystream of prg.expand_seed."""
     per_block = PER_BLOCK[dtype]
@@ -75,9 +66,9 @@ def test_follows_the_documented_bit_mapping(backend, dtype, summands):
 @pytest.mark.parametrize("summands", [1, 2, 3, 4, 7])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("size", [0, 1, 2, 7, 15, 16, 17, 127, 128, 129, 255, 256, 257, 1000, 4099, 100_003])
-def test_native_equals_twin(switch_backend, size, dtype, summands):
+def test_native_equals_twin(both_backends, size, dtype, summands):
     native, twin = both_backends(
-        switch_backend, lambda: prg.expand_normal(KEY, size, stream=12345, dtype=dtype, summands=summands)
+        lambda: prg.expand_normal(KEY, size, stream=12345, dtype=dtype, summands=summands)
     )
     assert native.shape == twin.shape == (size,) and native.dtype == twin.dtype == dtype.as_numpy_dtype
     np.testing.assert_allclose(native, twin, **_twin_tolerance(dtype))
@@ -85,14 +76,14 @@ def test_native_equals_twin(switch_backend, size, dtype, summands):
 
 @pytest.mark.parametrize("first_block", [2**32 - 5, 2**63 - 5, -3])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
-def test_native_equals_twin_across_counter_carries(switch_backend, dtype, first_block):
+def test_native_equals_twin_across_counter_carries(both_backends, dtype, first_block):
     """Block counters crossing 2^32 (carry into state word 13) and 2^64 (wrap) inside a 16-block group."""
 
     def draw():
         size = tf.constant(300, tf.int64)
         return prg._normal(RFC_KEY, size, tf.constant(9, tf.int64), first_block, dtype, 3)
 
-    native, twin = both_backends(switch_backend, draw)
+    native, twin = both_backends(draw)
     np.testing.assert_allclose(native, twin, **_twin_tolerance(dtype))
 
 
@@ -168,7 +159,7 @@ EXTREME_WORDS = [
 
 
 @pytest.mark.parametrize("stream, block, word, top", EXTREME_WORDS)
-def test_extreme_uniforms_in_the_keystream(switch_backend, stream, block, word, top):
+def test_extreme_uniforms_in_the_keystream(both_backends, stream, block, word, top):
     words = prg._keystream(RFC_KEY, tf.constant([8], tf.int64), tf.constant(stream, tf.int64), block)
     words = words.numpy().view(np.uint32)
     assert words[word] >> 8 == top
@@ -177,7 +168,7 @@ def test_extreme_uniforms_in_the_keystream(switch_backend, stream, block, word, 
         size = tf.constant(16, tf.int64)
         return prg._normal(RFC_KEY, size, tf.constant(stream, tf.int64), block, tf.float32, 1)
 
-    native, twin = both_backends(switch_backend, draw)
+    native, twin = both_backends(draw)
     assert np.all(np.isfinite(native)) and np.all(np.isfinite(twin))
     np.testing.assert_allclose(native, twin, **_twin_tolerance(tf.float32))
     j = word % 8  # the pair the word feeds: normals j (cos) and 8 + j (sin)
