@@ -298,3 +298,67 @@ def test_vectorized_conv_kernel_gradients_need_no_while_loop(backend):
     assert not op_types & {"While", "StatelessWhile"}
     # TensorFlow's own converter is back in place once the trace is done.
     assert pfor._pfor_converter_registry["Conv2DBackpropFilter"] is tf_converter
+
+
+def _graph_parts(clipper, x, y):
+    """``clipper``'s norms and clipped sums traced once with an unknown batch size, as Keras traces them."""
+    signature = [tf.TensorSpec([None, *x.shape[1:]], x.dtype), tf.TensorSpec([None, *y.shape[1:]], y.dtype)]
+
+    @tf.function(input_signature=signature)
+    def run(x, y):
+        result = clipper(x, y)
+        factors = tf.linspace(tf.constant(0.2, tf.float64), 1.0, tf.shape(result.norms)[0])
+        return result.norms, result.weighted_sum(factors)
+
+    return run
+
+
+@pytest.mark.parametrize("batch", [0, 1, 4])
+@pytest.mark.parametrize("name", ["dense_2d", "dense_3d_direct", "dense_3d_gram", "embedding_seq", "conv_same_s2"])
+def test_vectorized_with_unknown_batch_size_matches_one_at_a_time(name, batch):
+    build, shape = MODELS[name]
+    model = build()
+    x, y = _data(shape, batch=batch)
+    norms, sums = _graph_parts(VectorizedClipper(model, model.trainable_variables, _mse), x, y)(x, y)
+    assert norms.shape == (batch,)
+    flat_sum = np.concatenate([np.ravel(s) for s in sums])
+    if batch == 0:
+        assert flat_sum.size == sum(v.numpy().size for v in model.trainable_variables)
+        assert not flat_sum.any()
+        return
+    expected = _reference(model, x.numpy(), y.numpy())
+    np.testing.assert_allclose(norms, np.linalg.norm(expected, axis=1), rtol=RTOL)
+    np.testing.assert_allclose(flat_sum, np.linspace(0.2, 1.0, batch) @ expected, rtol=RTOL, atol=ATOL)
+
+
+def test_vectorized_dense_and_embedding_gradients_are_never_materialized():
+    inputs = keras.Input((6,), dtype="int32")
+    h = keras.layers.Flatten(dtype="float64")(keras.layers.Embedding(50, 4, dtype="float64")(inputs))
+    h = keras.layers.Dense(16, activation="tanh", dtype="float64")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3, dtype="float64")(h))
+    x, y = _data("ids6", batch=5)
+    clipper = VectorizedClipper(model, model.trainable_variables, _mse)
+    run = _graph_parts(clipper, x, y)
+    graph = run.get_concrete_function().graph
+    kernels = {tuple(v.shape) for v in model.trainable_variables if len(v.shape) == 2}
+    stacked = [
+        op for op in graph.get_operations()
+        if op.type == "BatchMatMulV2" and tuple(op.outputs[0].shape[1:]) in kernels
+    ]
+    assert len(stacked) == 2  # pfor stacks both Dense kernels' per-record gradients ...
+    assert all(not op.outputs[0].consumers() for op in stacked)  # ... which nothing reads: pruned
+    # One segment sum: the clipped sum's, into the [50, 4] table (not each record's table).
+    segment_sums = [tuple(op.outputs[0].shape) for op in graph.get_operations() if op.type == "UnsortedSegmentSum"]
+    assert segment_sums == [(50, 4)]
+    assert [type(p).__name__ for p in clipper._eager_parts(x, y)[0]] == [
+        "_SparseRows", "_OuterProducts", "EagerTensor", "_OuterProducts", "EagerTensor"
+    ]
+    norms, sums = run(x, y)
+    # The same numbers with every per-record gradient materialized, and one record at a time.
+    dense = VectorizedClipper(model, model.trainable_variables, _mse, factor_outer_products=False)
+    dense_norms, dense_sums = _graph_parts(dense, x, y)(x, y)
+    np.testing.assert_allclose(norms, dense_norms, rtol=RTOL)
+    for s, d in zip(sums, dense_sums):
+        np.testing.assert_allclose(s, d, rtol=RTOL, atol=ATOL)
+    expected = _reference(model, x.numpy(), y.numpy())
+    np.testing.assert_allclose(norms, np.linalg.norm(expected, axis=1), rtol=RTOL)

@@ -5,11 +5,13 @@ is the mean of its examples' losses. DP-SGD needs, for each record ``r`` with gr
 ``||g_r||`` and then the re-weighted sum ``sum_r f_r g_r`` with clip factors ``f_r = min(1, C / ||g_r||)``.
 
 :class:`VectorizedClipper` works for any model: ``tf.vectorized_map`` runs forward and backward on each
-record (pfor vectorization, one batched program, no Python loop) and materializes every per-record gradient.
-Memory grows with ``records x parameters``, and so does time: on a CPU this path is bound by writing and
-reading those gradients (for a 270k-parameter MLP at batch 256, 69 million floats per step). pfor's own rule
-for a convolution's kernel gradient is a ``while_loop`` of one ``Conv2DBackpropFilter`` per record; while
-tracing, :class:`VectorizedClipper` swaps in :func:`tfe_lite.ops.dp.per_record_conv2d_kernel_grad`.
+record (pfor vectorization, one batched program, no Python loop). It then looks at how pfor built each
+per-record gradient. A gradient that is a batched product of per-record factors (a Dense kernel's ``a_r^T
+g_r``) is used through its factors, and one that TensorFlow gives as ``IndexedSlices`` (an Embedding's) as the
+rows it touches, so neither becomes a ``records x parameters`` tensor. Other gradients are materialized, and
+for them memory and time grow with ``records x parameters``. pfor's own rule for a convolution's kernel
+gradient is a ``while_loop`` of one ``Conv2DBackpropFilter`` per record; while tracing,
+:class:`VectorizedClipper` swaps in :func:`tfe_lite.ops.dp.per_record_conv2d_kernel_grad`.
 
 :class:`GhostClipper` ("ghost clipping", Goodfellow 2015; Li et al. 2022; Bu et al. 2023) computes record
 norms from each supported layer's input activations and output gradients. A trainable layer computes
@@ -43,7 +45,7 @@ import math
 import re
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import tensorflow as tf
@@ -284,8 +286,113 @@ def _per_record_conv_converter():
             registry["Conv2DBackpropFilter"] = original
 
 
+class _OuterProducts(NamedTuple):
+    """Per-record gradients ``G_r = L_r^T R_r`` of a 2-D variable kept as their factors, ``left [records, K,
+    d]`` and ``right [records, K, u]`` (``K`` rows per record: 1 for a Dense layer on 2-D input)."""
+
+    left: tf.Tensor
+    right: tf.Tensor
+
+    def squared_norms(self, dense: Callable[[], tf.Tensor]) -> tf.Tensor:
+        """``||L_r^T R_r||^2`` per record: ``||l||^2 ||r||^2`` for ``K = 1``; else the cheaper of the Gram
+        form ``<L L^T, R R^T>`` (``K^2 (d + u)`` per record) and the squares of ``dense()``, the
+        materialized gradients (``K d u``)."""
+        rows, d, u = self.left.shape[1], self.left.shape[2], self.right.shape[2]
+        if rows == 1:
+            return _sum_sq(self.left) * _sum_sq(self.right)
+        if rows is not None and rows * (d + u) < d * u:
+            gram_l = tf.einsum("rkd,rjd->rkj", self.left, self.left)
+            gram_r = tf.einsum("rku,rju->rkj", self.right, self.right)
+            return tf.reduce_sum(gram_l * gram_r, axis=[1, 2])
+        return _sum_sq(dense())
+
+    def weighted_sum(self, factors: tf.Tensor) -> tf.Tensor:
+        """``sum_r f_r L_r^T R_r``: one matmul over every record's rows, what the summed gradient costs."""
+        d, u = self.left.shape[2], self.right.shape[2]
+        scaled = self.left * tf.reshape(tf.cast(factors, self.left.dtype), [-1, 1, 1])
+        return tf.matmul(tf.reshape(scaled, [-1, d]), tf.reshape(self.right, [-1, u]), transpose_a=True)
+
+    def take(self, count: tf.Tensor) -> _OuterProducts:
+        return _OuterProducts(self.left[:count], self.right[:count])
+
+
+class _SparseRows(NamedTuple):
+    """Per-record gradients that touch a few rows of a variable (an Embedding's table, any ``tf.gather``):
+    ``values [records, T, *shape[1:]]`` added to rows ``indices [records, T]`` of a ``[rows, ...]`` variable,
+    as TensorFlow's ``IndexedSlices`` hold them (a row may repeat within a record)."""
+
+    values: tf.Tensor
+    indices: tf.Tensor
+
+    def squared_norms(self) -> tf.Tensor:
+        """``||sum_t e_{i_t} v_t||^2 = sum_{t,s} [i_t = i_s] <v_t, v_s>`` per record."""
+        values = tf.reshape(self.values, tf.concat([tf.shape(self.values)[:2], [-1]], axis=0))
+        if self.values.shape[1] == 1:
+            return _sum_sq(values)
+        same = tf.cast(tf.equal(self.indices[:, :, None], self.indices[:, None, :]), values.dtype)
+        return tf.reduce_sum(same * tf.einsum("rtk,rsk->rts", values, values), axis=[1, 2])
+
+    def weighted_sum(self, factors: tf.Tensor, shape: tf.TensorShape) -> tf.Tensor:
+        """``sum_r f_r G_r`` as a dense ``shape`` tensor (one segment sum)."""
+        scaled = self.values * tf.reshape(
+            tf.cast(factors, self.values.dtype), [-1] + [1] * (self.values.shape.rank - 1)
+        )
+        rows = tf.reshape(scaled, [-1, *shape[1:]])
+        return tf.math.unsorted_segment_sum(rows, tf.reshape(self.indices, [-1]), shape[0])
+
+    def dense(self, shape: tf.TensorShape) -> tf.Tensor:
+        """Every record's gradient, ``[records, *shape]``."""
+        records = tf.shape(self.indices, out_type=self.indices.dtype)[0]
+        offsets = tf.range(records)[:, None] * tf.cast(shape[0], self.indices.dtype)
+        rows = tf.reshape(self.values, [-1, *shape[1:]])
+        summed = tf.math.unsorted_segment_sum(
+            rows, tf.reshape(self.indices + offsets, [-1]), records * tf.cast(shape[0], records.dtype)
+        )
+        return tf.reshape(summed, [-1, *shape])
+
+    def take(self, count: tf.Tensor) -> _SparseRows:
+        return _SparseRows(self.values[:count], self.indices[:count])
+
+
+_BATCH_MATMUL_OPS = ("BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
+
+
+def _outer_products(grad: tf.Tensor, shape: tf.TensorShape) -> _OuterProducts | None:
+    """The factors of a vectorized gradient ``grad [records, d, u]`` of a 2-D variable of ``shape``, when
+    pfor computed it as a batched product of two per-record tensors (a Dense kernel's gradient ``a^T g``,
+    stacked over records), else ``None``. Only graph tensors have a producing op to look at."""
+    if tf.executing_eagerly() or shape.rank != 2 or not hasattr(grad, "op"):
+        return None
+    op = grad.op
+    while op.type == "Identity":
+        op = op.inputs[0].op
+    if op.type not in _BATCH_MATMUL_OPS:
+        return None
+    x, y = op.inputs
+    if x.shape.rank != 3 or y.shape.rank != 3 or x.dtype != grad.dtype or y.dtype != grad.dtype:
+        return None
+    left = x if op.get_attr("adj_x") else tf.transpose(x, [0, 2, 1])
+    right = tf.transpose(y, [0, 2, 1]) if op.get_attr("adj_y") else y
+    if left.shape[2] != shape[0] or right.shape[2] != shape[1]:
+        return None
+    return _OuterProducts(left, right)
+
+
 class VectorizedClipper:
-    """Per-record gradients of any model by ``tf.vectorized_map`` over records."""
+    """Per-record gradients of any model by ``tf.vectorized_map`` over records.
+
+    Two structures of per-record gradients are used without forming the ``records x parameters`` tensor:
+
+    * *outer products*: inside a ``tf.function`` (Keras's train function), a gradient that pfor computes as a
+      batched product of per-record factors (every Dense kernel: ``a_r^T g_r``) is used through its factors.
+      Its norm is ``||a_r|| ||g_r||`` (or a Gram form) and its share of the clipped sum one matmul, so the
+      stacked product is never consumed and TensorFlow prunes it from the graph;
+    * *sparse rows*: a gradient that TensorFlow gives as ``IndexedSlices`` (an Embedding's) stays as the
+      rows each record touches.
+
+    Eager calls run the same program as a ``tf.function``. ``factor_outer_products=False`` materializes every
+    dense per-record gradient instead (for comparison; the same results up to rounding).
+    """
 
     def __init__(
         self,
@@ -293,19 +400,42 @@ class VectorizedClipper:
         variables: Sequence[keras.Variable],
         loss_fn: LossFn,
         num_microbatches: int | None = None,
+        *,
+        factor_outer_products: bool = True,
     ) -> None:
         self._model = model
         self._variables = list(variables)
         self._loss_fn = loss_fn
         self._microbatches = num_microbatches
+        self._factor = factor_outer_products
+        self._eager_parts = tf.function(self._parts, reduce_retracing=True, autograph=False)
 
-    def per_record_gradients(self, x: Any, y: Any = None, sample_weight: Any = None) -> tuple:
-        """``(gradients [records, *var.shape] per variable, losses [batch], y_pred)``."""
-        records = {"x": _split_inputs(x, self._microbatches)}
+    def _vectorized(self, x: Any, y: Any, sample_weight: Any) -> tuple:
+        """``(grads, losses, y_pred, records)``: per variable ``[records', *var.shape]`` or, for a gradient
+        given as ``IndexedSlices``, :class:`_SparseRows`. pfor's outputs have ``records' = max(records, 1)``
+        rows: an empty batch runs one all-zero padding record (some pfor rules fail on zero iterations),
+        which the caller drops by taking ``[:records]``."""
+        first = tf.nest.flatten(x)[0]
+        batch = first.shape[0]
+        count = tf.shape(first)[0] if self._microbatches is None else tf.constant(self._microbatches)
+        if self._microbatches is not None or (batch is not None and batch > 0):
+            pad = None
+        else:
+            pad = tf.cast(tf.equal(count, 0), tf.int32)
+
+        def split(t):
+            t = _split_inputs(t, self._microbatches)
+            if pad is None:
+                return t
+            padded = tf.pad(t, tf.concat([[[0, pad]], tf.zeros([t.shape.rank - 1, 2], tf.int32)], axis=0))
+            padded.set_shape([None, *t.shape[1:]])
+            return padded
+
+        records = {"x": tf.nest.map_structure(split, x)}
         if y is not None:
-            records["y"] = _split_inputs(y, self._microbatches)
+            records["y"] = tf.nest.map_structure(split, y)
         if sample_weight is not None:
-            records["sample_weight"] = _split_inputs(sample_weight, self._microbatches)
+            records["sample_weight"] = tf.nest.map_structure(split, sample_weight)
 
         def one_record(record):
             with tf.GradientTape() as tape:
@@ -315,43 +445,71 @@ class VectorizedClipper:
             grads = tape.gradient(
                 loss, self._variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )
-            return [tf.convert_to_tensor(g) for g in grads], losses, y_pred
-
-        def vectorized():
-            with _per_record_conv_converter():
-                return tf.vectorized_map(one_record, records, fallback_to_while_loop=False)
-
-        def empty():
-            # An empty batch: some pfor rules (the loop of Conv2DBackpropFilter's) fail on zero iterations.
-            y_pred = self._model(x, training=True)
-            losses = self._loss_fn(y, y_pred, sample_weight)
-            count, rows = (0, 1) if self._microbatches is None else (self._microbatches, 0)
-
-            def split(t):
-                return tf.reshape(t, tf.concat([[count, rows], tf.shape(t)[1:]], axis=0))
-
-            grads = [tf.zeros([count, *v.shape], v.dtype) for v in self._variables]
-            return grads, split(losses), tf.nest.map_structure(split, y_pred)
+            parts = []
+            for g in grads:
+                if isinstance(g, tf.IndexedSlices):
+                    parts.append(_SparseRows(g.values, g.indices))
+                else:
+                    parts.append(tf.convert_to_tensor(g))
+            return parts, losses, y_pred
 
         try:
-            batch = tf.nest.flatten(x)[0].shape[0]
-            if batch is None:
-                grads, losses, y_pred = tf.cond(tf.shape(tf.nest.flatten(x)[0])[0] > 0, vectorized, empty)
-            else:
-                grads, losses, y_pred = vectorized() if batch > 0 else empty()
+            with _per_record_conv_converter():
+                grads, losses, y_pred = tf.vectorized_map(one_record, records, fallback_to_while_loop=False)
         except (ValueError, NotImplementedError) as error:
             if "pfor" not in str(error):
                 raise
             raise _unvectorizable(error, self._model) from error
-        return grads, _merge_records(losses), tf.nest.map_structure(_merge_records, y_pred)
+        return grads, losses, y_pred, count
+
+    def per_record_gradients(self, x: Any, y: Any = None, sample_weight: Any = None) -> tuple:
+        """``(gradients [records, *var.shape] per variable, losses [batch], y_pred)``, all materialized."""
+        grads, losses, y_pred, count = self._vectorized(x, y, sample_weight)
+        dense = []
+        for g, v in zip(grads, self._variables):
+            if isinstance(g, _SparseRows):
+                g = g.dense(tf.TensorShape(v.shape))
+            dense.append(g[:count])
+        losses, y_pred = tf.nest.map_structure(lambda t: _merge_records(t[:count]), (losses, y_pred))
+        return dense, losses, y_pred
+
+    def _parts(self, x: Any, y: Any = None, sample_weight: Any = None) -> tuple:
+        """``(parts, norms, losses, y_pred)``: per variable its gradients ``[records, *shape]``, or
+        :class:`_OuterProducts`, or :class:`_SparseRows`."""
+        grads, losses, y_pred, count = self._vectorized(x, y, sample_weight)
+        parts, squares = [], []
+        for g, v in zip(grads, self._variables):
+            if isinstance(g, _SparseRows):
+                g = g.take(count)
+                parts.append(g)
+                squares.append(g.squared_norms())
+                continue
+            outer = _outer_products(g, tf.TensorShape(v.shape)) if self._factor else None
+            if outer is None:
+                g = g[:count]
+                parts.append(g)
+                squares.append(_sum_sq(g))
+            else:
+                parts.append(outer.take(count))
+                squares.append(parts[-1].squared_norms(lambda g=g: g[:count]))
+        norms = tf.sqrt(tf.add_n(squares))
+        losses, y_pred = tf.nest.map_structure(lambda t: _merge_records(t[:count]), (losses, y_pred))
+        return parts, norms, losses, y_pred
 
     def __call__(self, x: Any, y: Any = None, sample_weight: Any = None) -> PerRecordGradients:
-        grads, losses, y_pred = self.per_record_gradients(x, y, sample_weight)
-        squares = [tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), axis=1) for g in grads]
-        norms = tf.sqrt(tf.add_n(squares))
+        parts_fn = self._eager_parts if tf.executing_eagerly() else self._parts
+        parts, norms, losses, y_pred = parts_fn(x, y, sample_weight)
 
         def weighted_sum(factors):
-            return [tf.tensordot(tf.cast(factors, g.dtype), g, axes=[[0], [0]]) for g in grads]
+            sums = []
+            for part, v in zip(parts, self._variables):
+                if isinstance(part, _OuterProducts):
+                    sums.append(part.weighted_sum(factors))
+                elif isinstance(part, _SparseRows):
+                    sums.append(part.weighted_sum(factors, tf.TensorShape(v.shape)))
+                else:
+                    sums.append(tf.tensordot(tf.cast(factors, part.dtype), part, axes=[[0], [0]]))
+            return sums
 
         return PerRecordGradients(y_pred, losses, norms, weighted_sum)
 

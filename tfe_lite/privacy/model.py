@@ -583,8 +583,9 @@ def make_private(
         num_microbatches: split each (per-replica) batch into this many microbatches of consecutive
             examples and clip each microbatch's mean gradient instead of each example's. ``None``: per
             example. It must divide every batch.
-        clipping: ``"vectorized"`` (any model), ``"ghost"`` (Dense, Conv2D and Embedding layers only; much
-            faster), or ``"auto"``: ghost when every trainable layer allows it, else vectorized.
+        clipping: ``"vectorized"`` (any model), ``"ghost"`` (Dense, Conv2D and Embedding layers only;
+            faster where per-example gradients of other layers would be materialized), or ``"auto"``: ghost
+            when every trainable layer allows it, else vectorized.
         adaptive_clipping: ``None`` for a fixed clip; ``True``, a dict of :class:`AdaptiveClipping` options or
             an :class:`AdaptiveClipping` for a clip that follows a quantile of the record norms.
         secure_noise: draw the noise with :class:`tfe_lite.privacy.noise.SecureNoise`: a fresh
