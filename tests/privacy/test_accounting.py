@@ -190,3 +190,17 @@ def test_invalid_calibration_arguments():
         compute_noise_multiplier(target_epsilon=0, num_examples=100, batch_size=10, delta=1e-5, epochs=1)
     with pytest.raises(ConfigError, match=r"Received: delta=2"):
         privacy_statement(num_examples=100, batch_size=10, noise_multiplier=1.0, delta=2, epochs=1)
+
+
+def test_split_noise_multiplier_composes_back_to_the_total():
+    part = accounting.split_noise_multiplier(1.1, 3.0)
+    assert part > 1.1
+    # Two Gaussian mechanisms on the same records cost (in RDP, exactly) one with the total multiplier.
+    both = dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(part), dp_accounting.GaussianDpEvent(3.0)])
+    one = dp_accounting.GaussianDpEvent(1.1)
+    a = dp_accounting.rdp.RdpAccountant().compose(dp_accounting.SelfComposedDpEvent(both, 20))
+    b = dp_accounting.rdp.RdpAccountant().compose(dp_accounting.SelfComposedDpEvent(one, 20))
+    assert a.get_epsilon(1e-5) == pytest.approx(b.get_epsilon(1e-5), rel=1e-12)
+    for total, other in [(0.0, 1.0), (2.0, 2.0), (3.0, 1.0), (1.0, float("nan"))]:
+        with pytest.raises(ConfigError, match=f"total={total!r}, other={other!r}"):
+            accounting.split_noise_multiplier(total, other)

@@ -88,6 +88,11 @@ def test_mirrored_equals_single_device(method, replicas, batch):
     _assert_replicas_agree(strategy, model)
 
 
+# Adaptive clipping with a frozen clip; the count's noise multiplier 2 * 4.0 takes a share of the total 2.0.
+ADAPTIVE = {"learning_rate": 0.0, "expected_num_records": 8, "clipped_count_stddev": 4.0}
+SUM_NOISE = {False: 2.0, True: (2.0**-2 - 8.0**-2) ** -0.5}  # the gradient sum's noise multiplier
+
+
 def _noise_std(strategy, adaptive, units=64, batch=8, steps=2):
     """Empirical std of the update when every gradient is zero (zero inputs, no bias)."""
     with strategy.scope():
@@ -98,7 +103,7 @@ def _noise_std(strategy, adaptive, units=64, batch=8, steps=2):
             l2_norm_clip=0.5,
             noise_multiplier=2.0,
             seed=3,
-            adaptive_clipping={"learning_rate": 0.0, "expected_num_records": batch} if adaptive else None,
+            adaptive_clipping=ADAPTIVE if adaptive else None,
         )
         model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
     x, y = np.zeros((batch, units), "float32"), np.ones((batch, units), "float32")
@@ -114,7 +119,8 @@ def _noise_std(strategy, adaptive, units=64, batch=8, steps=2):
 @pytest.mark.parametrize("adaptive", [False, True], ids=["fixed_clip", "adaptive_clip"])
 def test_mirrored_adds_noise_once_per_global_batch(adaptive):
     sample = _noise_std(_strategy(2), adaptive)
-    expected = 2.0 * 0.5 / 8  # noise_multiplier * clip / global batch; noise per replica would give sqrt(2) x
+    # The sum's noise multiplier * clip / global batch; noise per replica would give sqrt(2) x.
+    expected = SUM_NOISE[adaptive] * 0.5 / 8
     n = sample.size
     assert abs(sample.std() / expected - 1) < 5 / np.sqrt(2 * n), sample.std() / expected
     assert abs(sample.mean()) < 5 * expected / np.sqrt(n)
@@ -150,7 +156,8 @@ import numpy as np, keras, tensorflow as tf
 from tfe_lite.privacy.model import make_private
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 units, batch, results = 64, 8, {}
-for name, adaptive in [("fixed", None), ("adaptive", {"learning_rate": 0.0, "expected_num_records": batch})]:
+adaptive_options = {"learning_rate": 0.0, "expected_num_records": batch, "clipped_count_stddev": 4.0}
+for name, adaptive in [("fixed", None), ("adaptive", adaptive_options)]:
     with strategy.scope():
         keras.utils.set_random_seed(2)
         inner = keras.Sequential([keras.Input((units,)), keras.layers.Dense(units, use_bias=False)])
@@ -165,7 +172,8 @@ for name, adaptive in [("fixed", None), ("adaptive", {"learning_rate": 0.0, "exp
         for element in data:
             step(element)
     update = before - model.trainable_variables[0].numpy()
-    results[name] = [float(update.std() / np.sqrt(3) / (2.0 * 0.5 / batch)), float(update.sum()), update.size]
+    sum_noise = model._dp_config.sum_noise_multiplier
+    results[name] = [float(update.std() / np.sqrt(3) / (sum_noise * 0.5 / batch)), float(update.sum()), update.size]
 print("RESULT " + json.dumps({"replicas": strategy.num_replicas_in_sync, **results}))
 """
 
@@ -204,5 +212,5 @@ def test_multi_worker_mirrored_adds_noise_once():
     for name in ("fixed", "adaptive"):
         ratio, checksum, size = results[0][name]
         assert results[1][name][1] == checksum  # both workers hold the same weights
-        # Three steps of noise std 2 * 0.5 / 8 each; once per replica would give sqrt(2).
+        # Three steps of noise std sum_noise * 0.5 / 8 each; once per replica would give sqrt(2).
         assert abs(ratio - 1) < 5 / np.sqrt(2 * size), (name, ratio)

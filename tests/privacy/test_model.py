@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tfe_lite.errors import ConfigError, UnsupportedLayerError
+from tfe_lite.privacy.accounting import compute_epsilon
 from tfe_lite.privacy.model import AdaptiveClipping, DPModel, make_private
 
 METHODS = ["vectorized", "ghost"]
@@ -306,12 +307,23 @@ def test_dp_event_matches_the_query():
     expected = dp_accounting.ComposedDpEvent(
         [dp_accounting.GaussianDpEvent(float(e.noise_multiplier)) for e in event.events]
     )
-    assert expected.events[0].noise_multiplier == pytest.approx(1.3)
+    # The count (std 40 / 20, sensitivity 0.5) takes its share of the total 1.3; the sum keeps the rest.
     assert expected.events[1].noise_multiplier == pytest.approx(40 / 20 / 0.5)
+    assert expected.events[0].noise_multiplier == pytest.approx((1.3**-2 - 4.0**-2) ** -0.5)
     actual = adaptive.dp_event()
     assert [e.noise_multiplier for e in actual.events] == pytest.approx(
         [e.noise_multiplier for e in expected.events]
     )
+    # Both mechanisms over Poisson-sampled steps cost what compute_epsilon reports for noise_multiplier=1.3.
+    steps = dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(40 / 1000, actual), 500)
+    epsilon = dp_accounting.rdp.RdpAccountant().compose(steps).get_epsilon(1e-5)
+    assert epsilon == pytest.approx(
+        compute_epsilon(num_examples=1000, batch_size=40, noise_multiplier=1.3, steps=500, delta=1e-5), rel=1e-9
+    )
+    # A count noisier than the sum leaves it no share of the budget: refused, naming the argument.
+    with pytest.raises(ConfigError, match="clipped_count_stddev.*more than noise_multiplier / 2 = 0.65"):
+        make_private(_mlp(), l2_norm_clip=1.0, noise_multiplier=1.3,
+                     adaptive_clipping={"clipped_count_stddev": 0.6}, expected_batch_size=40)
 
 
 def test_compile_picks_the_clipper():

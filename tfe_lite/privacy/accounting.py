@@ -254,6 +254,27 @@ def compute_epsilon(
     return _epsilon(schedule, float(delta), accountant)
 
 
+def split_noise_multiplier(total: float, other: float) -> float:
+    """The noise multiplier ``z_1`` that, with a second Gaussian mechanism of multiplier ``other`` on the
+    same records, costs what one Gaussian mechanism with multiplier ``total`` costs:
+    ``z_1 = (total^-2 - other^-2)^-1/2``.
+
+    Gaussian mechanisms on the same records compose into one whose sensitivity-over-std is the root sum of
+    squares of theirs (its privacy loss distribution is exactly that of the combined mechanism), so
+    ``total^-2 = z_1^-2 + other^-2``. Adaptive clipping uses this to give the clipped count its share
+    (Andrew et al. 2021, "Differentially private learning with adaptive clipping", sec. 3.1).
+
+    Raises:
+        ConfigError: unless ``0 < total < other``.
+    """
+    if not (_is_real(total) and _is_real(other) and 0 < total < other):
+        raise ConfigError(
+            f"Received invalid noise multipliers, expected 0 < total < other. Received: total={total!r}, "
+            f"other={other!r}"
+        )
+    return float((total**-2 - other**-2) ** -0.5)
+
+
 def _bracket(
     epsilon_of: Callable[[float], float], target: float, start: float
 ) -> tuple[float | None, float]:

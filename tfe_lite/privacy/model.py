@@ -38,7 +38,7 @@ from keras.src.backend.common.masking import get_keras_mask
 from keras.src.losses.loss import reduce_weighted_values
 
 from tfe_lite.errors import ConfigError, UnsupportedLayerError
-from tfe_lite.privacy import _tf_privacy
+from tfe_lite.privacy import _tf_privacy, accounting
 from tfe_lite.privacy.clipping import (
     CLIPPING_METHODS,
     GhostClipper,
@@ -67,8 +67,12 @@ class AdaptiveClipping:
 
     The clip moves towards the ``target_unclipped_quantile`` of record norms, estimated from a count of
     unclipped records noised with std ``clipped_count_stddev`` (default ``expected_num_records / 20``, the
-    recommendation of Andrew et al.). That count is a second Gaussian mechanism whose privacy cost the
-    accountant must add (the query's DP event composes both).
+    recommendation of Andrew et al. 2021). That count is a second Gaussian mechanism on the same records,
+    with sensitivity 0.5, so noise multiplier ``z_count = 2 clipped_count_stddev``. The ``noise_multiplier``
+    given to :func:`make_private` is the total: the gradient sum gets ``z_sum = (z^-2 - z_count^-2)^-1/2``,
+    and the two mechanisms together cost exactly what one Gaussian mechanism with multiplier ``z`` costs
+    (Andrew et al. 2021, sec. 3.1), so ``compute_epsilon(noise_multiplier=z, ...)`` accounts for both. This
+    needs ``z_count > z``.
 
     Attributes:
         target_unclipped_quantile: fraction of records that should stay unclipped, in [0, 1].
@@ -159,8 +163,39 @@ class DPConfig:
                     adaptive,
                 )
             )
+        elif isinstance(adaptive, AdaptiveClipping) and _is_real(self.noise_multiplier) and self.noise_multiplier > 0:
+            count = self.count_noise_multiplier
+            if count <= self.noise_multiplier:
+                problems.append(
+                    _invalid(
+                        "clipped_count_stddev",
+                        f"more than noise_multiplier / 2 = {self.noise_multiplier / 2:g} (the noised count alone "
+                        "would cost more privacy than noise_multiplier allows for both; default: "
+                        "expected_num_records / 20)",
+                        count / 2,
+                    )
+                )
         if problems:
             raise ConfigError("\n".join(problems))
+
+    @property
+    def count_noise_multiplier(self) -> float | None:
+        """Adaptive clipping's count mechanism: ``2 clipped_count_stddev`` (``None`` for a fixed clip)."""
+        adaptive = self.adaptive_clipping
+        if adaptive is None:
+            return None
+        if adaptive.clipped_count_stddev is not None:
+            return 2.0 * adaptive.clipped_count_stddev
+        return 2.0 * (adaptive.expected_num_records or self.expected_batch_size) / 20
+
+    @property
+    def sum_noise_multiplier(self) -> float:
+        """The gradient sum's noise multiplier: ``noise_multiplier``, less the share adaptive clipping's
+        count takes (see :class:`AdaptiveClipping`)."""
+        count = self.count_noise_multiplier
+        if count is None or self.noise_multiplier == 0:
+            return float(self.noise_multiplier)
+        return accounting.split_noise_multiplier(self.noise_multiplier, count)
 
     def to_dict(self) -> dict[str, Any]:
         config = dataclasses.asdict(self)
@@ -273,14 +308,12 @@ class DPModel(keras.Model):
             self._query = _tf_privacy.gaussian_sum_query(config.l2_norm_clip, config.noise_multiplier, noise)
         else:
             records = adaptive.expected_num_records or config.expected_batch_size
-            stddev = adaptive.clipped_count_stddev
-            self._count_stddev = records / 20 if stddev is None else stddev
             self._query = _tf_privacy.adaptive_clip_sum_query(
                 config.l2_norm_clip,
-                config.noise_multiplier,
+                config.sum_noise_multiplier,
                 target_unclipped_quantile=adaptive.target_unclipped_quantile,
                 learning_rate=adaptive.learning_rate,
-                clipped_count_stddev=self._count_stddev,
+                clipped_count_stddev=config.count_noise_multiplier / 2,
                 expected_num_records=records,
                 geometric_update=adaptive.geometric_update,
                 noise=noise,
@@ -315,14 +348,17 @@ class DPModel(keras.Model):
     def dp_event(self) -> dp_accounting.DpEvent:
         """The privacy event of one step before batch sampling, as tensorflow-privacy's query reports it.
 
-        A Gaussian mechanism with ``noise_multiplier``; with adaptive clipping composed with the noised
-        unclipped count (sensitivity 0.5, hence multiplier ``clipped_count_stddev / 0.5``). An accountant
-        wraps it in the sampling event (Poisson or fixed-size) and composes it over steps.
+        A Gaussian mechanism with ``noise_multiplier``. With adaptive clipping, the gradient sum's mechanism
+        (``sum_noise_multiplier``) composed with the noised unclipped count's (sensitivity 0.5, hence
+        multiplier ``2 clipped_count_stddev``); together they cost what ``GaussianDpEvent(noise_multiplier)``
+        costs. An accountant wraps it in the sampling event (Poisson or fixed-size) and composes it over
+        steps.
         """
-        gradient = dp_accounting.GaussianDpEvent(self._dp_config.noise_multiplier)
-        if self._dp_config.adaptive_clipping is None:
+        config = self._dp_config
+        gradient = dp_accounting.GaussianDpEvent(config.sum_noise_multiplier)
+        if config.adaptive_clipping is None:
             return gradient
-        count = dp_accounting.GaussianDpEvent(self._count_stddev / 0.5)
+        count = dp_accounting.GaussianDpEvent(config.count_noise_multiplier)
         return dp_accounting.ComposedDpEvent([gradient, count])
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
@@ -579,7 +615,9 @@ def make_private(
     Args:
         model: a built Keras model (Functional, Sequential or subclassed). Layers and weights are shared.
         l2_norm_clip: the L2 norm each record's gradient is clipped to (the initial clip when adaptive).
-        noise_multiplier: the Gaussian noise std on the clipped sum, in units of the clip.
+        noise_multiplier: the Gaussian noise std on the clipped sum, in units of the clip. With adaptive
+            clipping, the total of the sum's and the clipped count's noise (see :class:`AdaptiveClipping`):
+            the number to give :func:`tfe_lite.privacy.compute_epsilon` either way.
         num_microbatches: split each (per-replica) batch into this many microbatches of consecutive
             examples and clip each microbatch's mean gradient instead of each example's. ``None``: per
             example. It must divide every batch.
