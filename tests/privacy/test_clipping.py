@@ -362,3 +362,31 @@ def test_vectorized_dense_and_embedding_gradients_are_never_materialized():
         np.testing.assert_allclose(s, d, rtol=RTOL, atol=ATOL)
     expected = _reference(model, x.numpy(), y.numpy())
     np.testing.assert_allclose(norms, np.linalg.norm(expected, axis=1), rtol=RTOL)
+
+
+@pytest.mark.parametrize("name", ["dense_2d", "dense_3d_gram", "embedding_seq", "conv_same_s2"])
+def test_vectorized_under_xla_keeps_the_structure_and_matches_one_at_a_time(name):
+    """Under jit_compile tf.vectorized_map would hide its ops in a nested function; the clipper's own pfor
+    call keeps them in the graph, so Dense kernels stay factored there too."""
+    build, shape = MODELS[name]
+    model = build()
+    x, y = _data(shape, batch=4)
+    clipper = VectorizedClipper(model, model.trainable_variables, _mse)
+    kinds = []
+
+    @tf.function(jit_compile=True)
+    def run(x, y):
+        parts, _, _, _ = clipper._parts(x, y)
+        kinds.extend(type(p).__name__ for p in parts)
+        result = clipper(x, y)
+        return result.norms, result.weighted_sum(tf.constant([0.2, 0.4, 0.6, 1.0], tf.float64))
+
+    norms, sums = run(x, y)
+    dense_kernels = [
+        kind for kind, v in zip(kinds, model.trainable_variables) if len(v.shape) == 2 and "kernel" in v.path
+    ]
+    assert dense_kernels and set(dense_kernels) == {"_OuterProducts"}
+    expected = _reference(model, x.numpy(), y.numpy())
+    np.testing.assert_allclose(norms, np.linalg.norm(expected, axis=1), rtol=RTOL)
+    flat_sum = np.concatenate([np.ravel(s) for s in sums])
+    np.testing.assert_allclose(flat_sum, np.array([0.2, 0.4, 0.6, 1.0]) @ expected, rtol=RTOL, atol=ATOL)

@@ -378,6 +378,33 @@ def _outer_products(grad: tf.Tensor, shape: tf.TensorShape) -> _OuterProducts | 
     return _OuterProducts(left, right)
 
 
+def _vectorized_map(fn: Callable[[Any], Any], elems: Any) -> Any:
+    """``tf.vectorized_map(fn, elems, fallback_to_while_loop=False)`` whose ops land in the current graph.
+
+    Under XLA (``jit_compile=True``) ``tf.vectorized_map`` wraps its ops in a nested ``tf.function``, and its
+    outputs come out of a call op: :func:`_outer_products` could not see how a gradient was built. In a
+    graph this calls pfor's own implementation directly (what ``tf.vectorized_map`` does outside XLA);
+    eagerly, or on a TensorFlow without it, it is ``tf.vectorized_map``.
+    """
+    from tensorflow.python.ops.parallel_for import control_flow_ops
+
+    pfor_impl = getattr(control_flow_ops, "_pfor_impl", None)
+    if tf.executing_eagerly() or pfor_impl is None:
+        return tf.vectorized_map(fn, elems, fallback_to_while_loop=False)
+    flat = tf.nest.flatten(elems)
+    sizes = [t.shape[0] for t in flat]
+    if None in sizes:
+        iterations = tf.reduce_max([tf.shape(t)[0] for t in flat])
+    else:
+        iterations = max(sizes)
+    return pfor_impl(
+        lambda i: fn(tf.nest.map_structure(lambda t: tf.gather(t, i), elems)),
+        iterations,
+        fallback_to_while_loop=False,
+        parallel_iterations=None,
+    )
+
+
 class VectorizedClipper:
     """Per-record gradients of any model by ``tf.vectorized_map`` over records.
 
@@ -455,7 +482,7 @@ class VectorizedClipper:
 
         try:
             with _per_record_conv_converter():
-                grads, losses, y_pred = tf.vectorized_map(one_record, records, fallback_to_while_loop=False)
+                grads, losses, y_pred = _vectorized_map(one_record, records)
         except (ValueError, NotImplementedError) as error:
             if "pfor" not in str(error):
                 raise
