@@ -371,6 +371,8 @@ def _outer_products(grad: tf.Tensor, shape: tf.TensorShape) -> _OuterProducts | 
     x, y = op.inputs
     if x.shape.rank != 3 or y.shape.rank != 3 or x.dtype != grad.dtype or y.dtype != grad.dtype:
         return None
+    if not x.shape[0] == y.shape[0] == grad.shape[0]:  # both per record, no broadcast batch (None == None)
+        return None
     left = x if op.get_attr("adj_x") else tf.transpose(x, [0, 2, 1])
     right = tf.transpose(y, [0, 2, 1]) if op.get_attr("adj_y") else y
     if left.shape[2] != shape[0] or right.shape[2] != shape[1]:
