@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfe_lite.errors import UnsupportedLayerError
+from tfe_lite.privacy import clipping as clipping_module
 from tfe_lite.privacy.clipping import (
     GhostClipper,
     VectorizedClipper,
@@ -390,3 +391,104 @@ def test_vectorized_under_xla_keeps_the_structure_and_matches_one_at_a_time(name
     np.testing.assert_allclose(norms, np.linalg.norm(expected, axis=1), rtol=RTOL)
     flat_sum = np.concatenate([np.ravel(s) for s in sums])
     np.testing.assert_allclose(flat_sum, np.array([0.2, 0.4, 0.6, 1.0]) @ expected, rtol=RTOL, atol=ATOL)
+
+
+def test_vectorized_float32_sequence_model_is_stable_and_matches_one_at_a_time():
+    """Dense layers on sequences (here inside MultiHeadAttention) multiply ``[records, 1, T, d]`` by a shared
+    kernel under pfor. TensorFlow's rule makes that a broadcasting BatchMatMulV2, which oneDNN computes
+    wrongly in float32 (different values each run, heap corruption); the clipper's rule uses a 2-D matmul."""
+    inputs = keras.Input((5, 4))
+    h = keras.layers.MultiHeadAttention(2, 4)(inputs, inputs)
+    h = keras.layers.Dense(6, activation="tanh")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(h)))
+    x, y = (tf.cast(t, tf.float32) for t in _data((5, 4), batch=16))
+    clipper = VectorizedClipper(model, model.trainable_variables, _mse)
+    run = tf.function(lambda x, y: clipper(x, y).norms)
+    graph = run.get_concrete_function(x, y).graph
+    broadcast = [
+        op.name for op in graph.get_operations()
+        if op.type.startswith("BatchMatMul") and op.inputs[0].shape.rank >= 4 and op.inputs[1].shape.rank == 2
+    ]
+    assert not broadcast
+    expected = np.linalg.norm(_reference(model, x.numpy(), y.numpy()), axis=1)
+    for _ in range(20):
+        np.testing.assert_allclose(run(x, y), expected, rtol=2e-5)
+
+
+def _vectorized_only(*layers, shape):
+    return keras.Sequential(
+        [keras.Input(shape, dtype="float64"), *layers, keras.layers.Flatten(dtype="float64"),
+         keras.layers.Dense(3, dtype="float64")]
+    )
+
+
+def _attention():
+    inputs = keras.Input((4, 3), dtype="float64")
+    h = keras.layers.MultiHeadAttention(2, 3, dtype="float64")(inputs, inputs)
+    return keras.Model(inputs, keras.layers.Dense(3, dtype="float64")(keras.layers.Flatten(dtype="float64")(h)))
+
+
+# Models that only the vectorized path handles (ghost clipping has no rule for these layers).
+VECTORIZED_ONLY = {
+    "layer_norm": (lambda: _vectorized_only(
+        keras.layers.Dense(4, dtype="float64"), keras.layers.LayerNormalization(dtype="float64"), shape=(5,)), (5,)),
+    "group_norm": (lambda: _vectorized_only(
+        keras.layers.Conv2D(4, 3, dtype="float64"), keras.layers.GroupNormalization(2, dtype="float64"),
+        shape=(5, 5, 2)), (5, 5, 2)),
+    "depthwise": (lambda: _vectorized_only(
+        keras.layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2, activation="tanh",
+                                     dtype="float64"), shape=(7, 7, 2)), (7, 7, 2)),
+    "separable": (lambda: _vectorized_only(
+        keras.layers.SeparableConv2D(3, 3, dtype="float64"), shape=(6, 6, 2)), (6, 6, 2)),
+    "conv1d": (lambda: _vectorized_only(keras.layers.Conv1D(3, 2, dtype="float64"), shape=(6, 2)), (6, 2)),
+    "gru": (lambda: _vectorized_only(keras.layers.GRU(3, dtype="float64"), shape=(4, 2)), (4, 2)),
+    "simple_rnn": (lambda: _vectorized_only(
+        keras.layers.SimpleRNN(3, return_sequences=True, dtype="float64"), shape=(4, 2)), (4, 2)),
+    "attention": (_attention, (4, 3)),
+    "lstm": (lambda: _vectorized_only(keras.layers.LSTM(3, dtype="float64"), shape=(4, 2)), (4, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VECTORIZED_ONLY))
+def test_vectorized_handles_layers_ghost_cannot(name):
+    build, shape = VECTORIZED_ONLY[name]
+    model = build()
+    assert ghost_blockers(model)
+    x, y = _data(shape, batch=4)
+    _check_against_reference(model, make_clipper(model, model.trainable_variables, _mse), x, y)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_vectorized_lstm_with_one_record(batch):
+    """A single record is padded to two: with one pfor iteration, the TensorList ops of Keras's LSTM loop fail
+    at run time ("Tried to append a tensor with incompatible shape to a list")."""
+    build, shape = VECTORIZED_ONLY["lstm"]
+    model = build()
+    x, y = _data(shape, batch=batch)
+    clipper = VectorizedClipper(model, model.trainable_variables, _mse)
+    norms, sums = _graph_parts(clipper, x, y)(x, y)  # an unknown batch size, as Keras traces it
+    expected = _reference(model, x.numpy(), y.numpy())
+    np.testing.assert_allclose(norms, np.linalg.norm(expected, axis=1), rtol=RTOL)
+    flat_sum = np.concatenate([np.ravel(s) for s in sums])
+    np.testing.assert_allclose(flat_sum, np.linspace(0.2, 1.0, batch) @ expected, rtol=RTOL, atol=ATOL)
+    result = clipper(x[:1], y[:1])  # a static batch of one
+    np.testing.assert_allclose(result.norms, np.linalg.norm(expected[:1], axis=1), rtol=RTOL)
+
+
+def test_run_time_vectorization_failure_names_the_layer():
+    model = VECTORIZED_ONLY["lstm"][0]()
+    lstm = model.layers[0].name
+    error = tf.errors.InvalidArgumentError(
+        None, None,
+        "Graph execution error:\n\nDetected at node loop_body/sequential_3/" + lstm + "_1/while/TensorListPushBack_1"
+        "/pfor/TensorListPushBack defined at (most recent call last):\n  File \"x.py\", line 1\n"
+        "Tried to append a tensor with incompatible shape to a list.\n"
+        "\t [[{{node loop_body/sequential_3/" + lstm + "_1/while/TensorListPushBack_1/pfor/TensorListPushBack}}]]",
+    )
+    failure = clipping_module.vectorization_failure(error, model)
+    assert isinstance(failure, UnsupportedLayerError)
+    assert f"in layer(s) ['{lstm}']" in str(failure)
+    assert "(Tried to append a tensor with incompatible shape to a list.)" in str(failure)
+    other = tf.errors.InvalidArgumentError(None, None, "Detected at node dense/MatMul: Incompatible shapes")
+    assert clipping_module.vectorization_failure(other, model) is None
+    assert clipping_module.vectorization_failure(ValueError("pfor"), model) is None

@@ -437,3 +437,4 @@ def test_secure_noise_refuses_xla():
     model = make_private(_mlp(), l2_norm_clip=1.0, noise_multiplier=1.0, secure_noise=True)
     with pytest.raises(ConfigError, match="jit_compile"):
         model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+

@@ -197,22 +197,66 @@ class PerRecordGradients:
 # Vectorized per-record gradients
 
 
+def _layers_in_scope(node_name: str, model: keras.Model) -> list[str]:
+    """The layers of ``model`` whose name scope (``name`` or ``name_<n>``) is part of ``node_name``."""
+    scopes = node_name.split("/")
+    return [
+        layer.name
+        for layer in _all_layers(model)
+        if any(re.fullmatch(rf"{re.escape(layer.name)}(_\d+)?", scope) for scope in scopes)
+    ]
+
+
+def _raised_in_pfor(error: BaseException) -> bool:
+    """Whether ``error`` was raised by TensorFlow's vectorizer (pfor) while it converted the graph."""
+    frame = error.__traceback__
+    while frame is not None:
+        if "parallel_for" in frame.tb_frame.f_code.co_filename:
+            return True
+        frame = frame.tb_next
+    return "pfor" in str(error)
+
+
 def _unvectorizable(error: Exception, model: keras.Model) -> UnsupportedLayerError:
     """An error naming the op that pfor could not vectorize and the layer(s) it belongs to."""
     message = str(error)
-    op_type = re.search(r"No pfor vectorization defined for (\w+)", message)
+    op_type = re.search(r"No pfor vectorization defined for (\w+)", message) or re.search(
+        r"of op '(\w+)'", message
+    )
     op_name = re.search(r'name: "([^"]+)"', message)
-    layers = []
-    if op_name:
-        scopes = op_name.group(1).split("/")
-        for layer in _all_layers(model):
-            if any(re.fullmatch(rf"{re.escape(layer.name)}(_\d+)?", scope) for scope in scopes):
-                layers.append(layer.name)
+    layers = _layers_in_scope(op_name.group(1), model) if op_name else []
     what = f"op {op_type.group(1)}" if op_type else "an op"
     where = f" in layer(s) {layers}" if layers else ""
+    reason = message.strip().splitlines()[0] if message.strip() else type(error).__name__
     return UnsupportedLayerError(
-        f"Per-example gradients of model {model.name!r} cannot be vectorized: {what}{where} has no "
-        "tf.vectorized_map rule. Replace the layer, or implement it with vectorizable TensorFlow ops."
+        f"Per-example gradients of model {model.name!r} cannot be vectorized: {what}{where} has no working "
+        f"tf.vectorized_map rule ({reason}). Replace the layer, or implement it with vectorizable TensorFlow "
+        "ops."
+    )
+
+
+def vectorization_failure(error: Exception, model: keras.Model) -> UnsupportedLayerError | None:
+    """For an error that a vectorized step raised *at run time* in an op that pfor built (its node name has a
+    ``pfor`` scope), an :class:`UnsupportedLayerError` naming the layer(s); else ``None``.
+
+    pfor converts some ops into graphs that fail only when they run (with TensorFlow 2.21, Keras's LSTM
+    loop did for a single record, "Tried to append a tensor with incompatible shape to a list", until
+    :data:`MIN_RECORDS` padded it), so the step says which layer's vectorization failed.
+    """
+    if not isinstance(error, tf.errors.OpError):
+        return None
+    message = str(error)
+    node = re.search(r"node ([^\s\]}]*/pfor/[^\s\]}]*)", message)
+    if node is None:
+        return None
+    layers = _layers_in_scope(node.group(1), model)
+    where = f" in layer(s) {layers}" if layers else ""
+    first = next((line.strip() for line in message.splitlines() if line.strip() and "Detected at" not in line
+                  and "Graph execution error" not in line and not line.strip().startswith(("File", "[["))), "")
+    return UnsupportedLayerError(
+        f"Per-example gradients of model {model.name!r} failed when run: TensorFlow's vectorization (pfor) of "
+        f"node {node.group(1)!r}{where} does not compute ({first}). This is a limit of tf.vectorized_map for "
+        "this layer: replace it, or implement it with other TensorFlow ops."
     )
 
 
@@ -239,7 +283,7 @@ def _pfor_conv2d_kernel_grads(pfor_input: Any) -> Any:
         or inputs.shape.rank != 5
         or None in inputs.shape[2:4]
     ):
-        return _TF_CONV2D_FILTER_CONVERTER(pfor_input)
+        return _TF_RULES["Conv2DBackpropFilter"](pfor_input)
     grads = pfor_input.stacked_input(2)
     records = tf.shape(inputs)[0]
     merged_inputs = tf.reshape(inputs, tf.concat([[-1], tf.shape(inputs)[2:]], axis=0))
@@ -258,32 +302,113 @@ def _pfor_conv2d_kernel_grads(pfor_input: Any) -> Any:
     return pfor.wrap(tf.reduce_sum(tf.reshape(per_example, shape), axis=1), True)
 
 
-_TF_CONV2D_FILTER_CONVERTER: Callable[[Any], Any] | None = None
-_converter_lock = threading.Lock()
+def _pfor_batch_matmul(pfor_input: Any) -> Any:
+    """pfor converter of ``BatchMatMulV2``/``V3`` for a per-record left operand times a shared right one
+    (a Dense or EinsumDense layer on a record of sequences: ``[records, 1, T, d] @ [d, u]``): one 2-D matmul
+    over every row of every record.
+
+    TensorFlow's rule broadcasts the shared operand in a ``BatchMatMulV2``. With oneDNN (the default in
+    TensorFlow's x86 CPU builds) a float32 ``[n, 1, m, k] @ [k, u]`` product (``m > 1``; the right operand
+    ``[k, u]``, ``[1, k, u]`` or ``[1, 1, k, u]``) returns different values from run to run and corrupts the
+    heap: seen with TensorFlow 2.21 on this project's machines, where a MultiHeadAttention model's
+    per-example gradients aborted the process. The 2-D matmul avoids it and is one larger GEMM. Other cases
+    go to TensorFlow's rule.
+    """
+    from tensorflow.python.ops.parallel_for import pfor
+
+    x, x_stacked, _ = pfor_input.input(0)
+    y, y_stacked, _ = pfor_input.input(1)
+    op = pfor_input.op
+    fallback = _TF_RULES[op.type]
+    if (
+        not x_stacked
+        or y_stacked
+        or pfor_input.get_attr("adj_x")
+        or x.shape.rank is None
+        or y.shape.rank is None
+        or y.shape.rank > x.shape.rank - 1
+        or any(d != 1 for d in y.shape[:-2])
+        or not x.dtype == y.dtype == op.outputs[0].dtype
+    ):
+        return fallback(pfor_input)
+    weight = tf.reshape(y, tf.shape(y)[-2:])
+    if pfor_input.get_attr("adj_y"):
+        weight = tf.linalg.adjoint(weight)
+    rows = tf.matmul(tf.reshape(x, [-1, tf.shape(x)[-1]]), weight)
+    out = tf.reshape(rows, tf.concat([tf.shape(x)[:-1], tf.shape(weight)[-1:]], axis=0))
+    out.set_shape(x.shape[:-1].concatenate(weight.shape[-1:]))
+    return pfor.wrap(out, True)
+
+
+def _pfor_depthwise_conv(pfor_input: Any) -> Any:
+    """pfor converter of ``DepthwiseConv2dNative`` and its input gradient with a shared (loop-invariant)
+    kernel, the case of per-example gradients: the records are merged into the image batch.
+
+    TensorFlow's rules fold the records into the channels and need a per-record kernel, so with a shared
+    one they fail (``Input "filter" ... expected to be not loop invariant``). Other cases go to them.
+    """
+    from tensorflow.python.ops.parallel_for import pfor
+
+    op = pfor_input.op
+    data_format = pfor_input.get_attr("data_format")
+    if isinstance(data_format, bytes):
+        data_format = data_format.decode()
+    kernel, kernel_stacked, _ = pfor_input.input(1)
+    images = 0 if op.type == "DepthwiseConv2dNative" else 2  # the per-record image (or its gradient)
+    _, images_stacked, _ = pfor_input.input(images)
+    if kernel_stacked or not images_stacked or data_format != "NHWC":
+        return _TF_RULES[op.type](pfor_input)
+    stacked = pfor_input.stacked_input(images)
+    merged = tf.reshape(stacked, tf.concat([[-1], tf.shape(stacked)[2:]], axis=0))
+    attrs = {
+        name: pfor_input.get_attr(name)
+        for name in ("strides", "padding", "explicit_paddings", "data_format", "dilations")
+    }
+    if op.type == "DepthwiseConv2dNative":
+        out = tf.raw_ops.DepthwiseConv2dNative(input=merged, filter=kernel, **attrs)
+    else:
+        sizes = pfor_input.unstacked_input(0)
+        records = tf.cast(tf.shape(stacked)[0], sizes.dtype)
+        sizes = sizes * tf.concat([[records], tf.ones([3], sizes.dtype)], axis=0)
+        out = tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+            input_sizes=sizes, filter=kernel, out_backprop=merged, **attrs
+        )
+    shape = tf.concat([tf.shape(stacked)[:2], tf.shape(out)[1:]], axis=0)
+    return pfor.wrap(tf.reshape(out, shape), True)
+
+
+#: The pfor rules :class:`VectorizedClipper` uses instead of TensorFlow's, by op type.
+_RULES: dict[str, Callable[[Any], Any]] = {
+    "Conv2DBackpropFilter": _pfor_conv2d_kernel_grads,
+    "BatchMatMulV2": _pfor_batch_matmul,
+    "BatchMatMulV3": _pfor_batch_matmul,
+    "DepthwiseConv2dNative": _pfor_depthwise_conv,
+    "DepthwiseConv2dNativeBackpropInput": _pfor_depthwise_conv,
+}
+#: TensorFlow's own rules for those ops, while ours are in place (the fallback of ours).
+_TF_RULES: dict[str, Callable[[Any], Any]] = {}
+_rules_lock = threading.RLock()
 
 
 @contextlib.contextmanager
-def _per_record_conv_converter():
-    """While tracing ``tf.vectorized_map``, convert ``Conv2DBackpropFilter`` by per-record kernel gradients.
+def _vectorization_rules():
+    """While tracing ``tf.vectorized_map``, convert the ops of :data:`_RULES` by our rules.
 
-    pfor has no public way to register a converter for an op it already knows, so this swaps the entry of
-    its registry for the duration of the trace (under a lock) and restores TensorFlow's afterwards.
+    pfor has no public way to register a converter for an op it already knows, so this swaps the entries of
+    its registry for the duration of the trace (under a lock; a nested trace finds ours in place and swaps
+    nothing) and restores TensorFlow's afterwards. An op TensorFlow has no rule for keeps none.
     """
-    global _TF_CONV2D_FILTER_CONVERTER
     from tensorflow.python.ops.parallel_for import pfor
 
     registry = pfor._pfor_converter_registry
-    with _converter_lock:
-        original = registry.get("Conv2DBackpropFilter")
-        if original is None:  # a TensorFlow without that converter: leave pfor as it is
-            yield
-            return
-        _TF_CONV2D_FILTER_CONVERTER = original
-        registry["Conv2DBackpropFilter"] = _pfor_conv2d_kernel_grads
+    with _rules_lock:
+        swapped = {op: registry[op] for op in _RULES if op in registry and registry[op] is not _RULES[op]}
+        _TF_RULES.update(swapped)
+        registry.update({op: _RULES[op] for op in swapped})
         try:
             yield
         finally:
-            registry["Conv2DBackpropFilter"] = original
+            registry.update(swapped)
 
 
 class _OuterProducts(NamedTuple):
@@ -407,6 +532,13 @@ def _vectorized_map(fn: Callable[[Any], Any], elems: Any) -> Any:
     )
 
 
+#: The fewest records :class:`VectorizedClipper` vectorizes over; smaller batches get all-zero padding
+#: records. Some pfor rules fail on zero iterations (``Conv2DBackpropFilter``'s loop), and some graphs on one:
+#: with TensorFlow 2.21 the TensorList ops of Keras's LSTM loop then fail with "Tried to append a tensor with
+#: incompatible shape to a list".
+MIN_RECORDS = 2
+
+
 class VectorizedClipper:
     """Per-record gradients of any model by ``tf.vectorized_map`` over records.
 
@@ -441,16 +573,18 @@ class VectorizedClipper:
 
     def _vectorized(self, x: Any, y: Any, sample_weight: Any) -> tuple:
         """``(grads, losses, y_pred, records)``: per variable ``[records', *var.shape]`` or, for a gradient
-        given as ``IndexedSlices``, :class:`_SparseRows`. pfor's outputs have ``records' = max(records, 1)``
-        rows: an empty batch runs one all-zero padding record (some pfor rules fail on zero iterations),
-        which the caller drops by taking ``[:records]``."""
+        given as ``IndexedSlices``, :class:`_SparseRows`. pfor's outputs have ``records' = max(records,
+        MIN_RECORDS)`` rows: a batch of fewer records runs with all-zero padding records, which the caller
+        drops by taking ``[:records]``."""
         first = tf.nest.flatten(x)[0]
-        batch = first.shape[0]
-        count = tf.shape(first)[0] if self._microbatches is None else tf.constant(self._microbatches)
-        if self._microbatches is not None or (batch is not None and batch > 0):
+        if self._microbatches is None:
+            static, count = first.shape[0], tf.shape(first)[0]
+        else:
+            static, count = self._microbatches, tf.constant(self._microbatches)
+        if static is not None and static >= MIN_RECORDS:
             pad = None
         else:
-            pad = tf.cast(tf.equal(count, 0), tf.int32)
+            pad = tf.maximum(MIN_RECORDS - count, 0)
 
         def split(t):
             t = _split_inputs(t, self._microbatches)
@@ -483,10 +617,10 @@ class VectorizedClipper:
             return parts, losses, y_pred
 
         try:
-            with _per_record_conv_converter():
+            with _vectorization_rules():
                 grads, losses, y_pred = _vectorized_map(one_record, records)
-        except (ValueError, NotImplementedError) as error:
-            if "pfor" not in str(error):
+        except (ValueError, NotImplementedError, TypeError) as error:
+            if not _raised_in_pfor(error):
                 raise
             raise _unvectorizable(error, self._model) from error
         return grads, losses, y_pred, count

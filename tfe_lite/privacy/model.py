@@ -45,6 +45,7 @@ from tfe_lite.privacy.clipping import (
     check_layers,
     ghost_blockers,
     make_clipper,
+    vectorization_failure,
 )
 from tfe_lite.privacy.noise import make_noise_source
 
@@ -411,7 +412,13 @@ class DPModel(keras.Model):
 
     def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, *args: Any, **kwargs: Any):
         self._check_batches(x, batch_size, kwargs.get("validation_split", 0.0))
-        return super().fit(x, y, batch_size, *args, **kwargs)
+        try:
+            return super().fit(x, y, batch_size, *args, **kwargs)
+        except tf.errors.OpError as error:
+            failure = vectorization_failure(error, self.inner)
+            if failure is None:
+                raise
+            raise failure from error
 
     def _check_batches(self, x: Any, batch_size: int | None, validation_split: float) -> None:
         """Checks before training that ``num_microbatches`` divides every batch, where sizes are known."""
