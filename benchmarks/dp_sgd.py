@@ -7,8 +7,10 @@ changes on the machine hit all of them alike, and the median over rounds is repo
 non-private step. "noise draw only" times drawing one step's Gaussian noise for all parameters, a cost every
 DP-SGD step pays on top of clipping.
 
-Usage: python benchmarks/dp_sgd.py [--rounds 7] [--steps 5] [--batch 256] [--jit] [--models cnn,mlp]
+Usage: python benchmarks/dp_sgd.py [--rounds 7] [--steps 5] [--batch 256] [--jit] [--models cnn,mlp] [--materialized]
 
+``--materialized`` adds "dp-vec-dense", the vectorized path with outer-product factoring turned off
+(``VectorizedClipper(factor_outer_products=False)``): what it costs to materialize every per-example gradient.
 ``--models attention`` adds a small text classifier (Embedding, MultiHeadAttention, LayerNormalization) that
 only the vectorized path handles: ghost clipping has no rule for attention, so that row is left out.
 """
@@ -23,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfe_lite.privacy.clipping import ghost_blockers
+from tfe_lite.privacy.clipping import VectorizedClipper, ghost_blockers
 from tfe_lite.privacy.model import make_private
 from tfe_lite.privacy.noise import GeneratorNoise
 
@@ -73,13 +75,27 @@ def _compiled(model: keras.Model, jit: bool) -> keras.Model:
     return model
 
 
-def _variants(build, jit: bool) -> dict[str, keras.Model]:
+def _variants(build, jit: bool, materialized: bool) -> dict[str, keras.Model]:
     variants = {"non-private": _compiled(build(), jit)}
     for clipping in ("vectorized", "ghost"):
         if clipping == "ghost" and ghost_blockers(build()):
             continue
         private = make_private(build(), l2_norm_clip=1.0, noise_multiplier=1.0, clipping=clipping, seed=0)
         variants[f"dp-{clipping}"] = _compiled(private, jit)
+    if materialized:
+        # The vectorized path with every dense per-example gradient materialized (no outer-product factors).
+        private = make_private(build(), l2_norm_clip=1.0, noise_multiplier=1.0, clipping="vectorized", seed=0)
+        private.compile(
+            optimizer=keras.optimizers.SGD(0.01),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit,
+        )
+        clipper = private._clipper
+        private._clipper = VectorizedClipper(
+            clipper._model, clipper._variables, clipper._loss_fn, factor_outer_products=False
+        )
+        private.make_train_function()
+        variants["dp-vec-dense"] = private
     return variants
 
 
@@ -103,7 +119,9 @@ def _noise_draw(model: keras.Model, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def benchmark(name: str, build, batch_size: int, rounds: int, steps: int, jit: bool) -> dict[str, float]:
+def benchmark(
+    name: str, build, batch_size: int, rounds: int, steps: int, jit: bool, materialized: bool = False
+) -> dict[str, float]:
     rng = np.random.default_rng(0)
     shape = build().input_shape[1:]
     if build().inputs[0].dtype.startswith("int"):
@@ -111,7 +129,7 @@ def benchmark(name: str, build, batch_size: int, rounds: int, steps: int, jit: b
     else:
         x = tf.constant(rng.normal(size=(batch_size, *shape)).astype("float32"))
     y = tf.constant(rng.integers(0, 10, size=batch_size).astype("int32"))
-    variants = _variants(build, jit)
+    variants = _variants(build, jit, materialized)
     for model in variants.values():  # trace and warm up
         _time_steps(model, (x, y), 2)
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -139,12 +157,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--jit", action="store_true", help="jit_compile=True for every variant")
     parser.add_argument("--models", default="cnn,mlp")
+    parser.add_argument(
+        "--materialized",
+        action="store_true",
+        help="add dp-vec-dense: the vectorized path with every dense per-example gradient materialized",
+    )
     args = parser.parse_args()
     builders = {"cnn": cnn, "mlp": mlp, "attention": attention}
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, devices: "
           f"{[d.name for d in tf.config.list_physical_devices()]}")
     for name in args.models.split(","):
-        benchmark(name, builders[name], args.batch, args.rounds, args.steps, args.jit)
+        benchmark(name, builders[name], args.batch, args.rounds, args.steps, args.jit, args.materialized)
 
 
 if __name__ == "__main__":
