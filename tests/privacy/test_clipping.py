@@ -492,3 +492,18 @@ def test_run_time_vectorization_failure_names_the_layer():
     other = tf.errors.InvalidArgumentError(None, None, "Detected at node dense/MatMul: Incompatible shapes")
     assert clipping_module.vectorization_failure(other, model) is None
     assert clipping_module.vectorization_failure(ValueError("pfor"), model) is None
+
+
+def test_vectorized_shared_dense_layer_stays_factored():
+    """A layer called twice has the sum of two outer products as its per-record kernel gradient; its factors
+    are stacked along the rows (ghost clipping refuses shared layers, so this is the path they take)."""
+    inputs = keras.Input((5,), dtype="float64")
+    shared = keras.layers.Dense(5, activation="tanh", dtype="float64")
+    h = shared(shared(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, dtype="float64")(h))
+    x, y = _data((5,), batch=4)
+    clipper = make_clipper(model, model.trainable_variables, _mse)
+    assert isinstance(clipper, VectorizedClipper)
+    parts = clipper._eager_parts(x, y)[0]
+    assert type(parts[0]).__name__ == "_OuterProducts" and parts[0].left.shape[1] == 2  # two calls, two rows
+    _check_against_reference(model, clipper, x, y)

@@ -7,9 +7,10 @@ is the mean of its examples' losses. DP-SGD needs, for each record ``r`` with gr
 :class:`VectorizedClipper` works for any model: ``tf.vectorized_map`` runs forward and backward on each
 record (pfor vectorization, one batched program, no Python loop). It then looks at how pfor built each
 per-record gradient. A gradient that is a batched product of per-record factors (a Dense kernel's ``a_r^T
-g_r``) is used through its factors, and one that TensorFlow gives as ``IndexedSlices`` (an Embedding's) as the
-rows it touches, so neither becomes a ``records x parameters`` tensor. Other gradients are materialized, and
-for them memory and time grow with ``records x parameters``. pfor's own rule for a convolution's kernel
+g_r``), or a sum of such products (a layer called several times), is used through its factors. One that
+TensorFlow gives as ``IndexedSlices`` (an Embedding's) is used as the rows it touches. Neither becomes a
+``records x parameters`` tensor. Other gradients are materialized, and for them memory and time grow with
+``records x parameters``. pfor's own rule for a convolution's kernel
 gradient is a ``while_loop`` of one ``Conv2DBackpropFilter`` per record; while tracing,
 :class:`VectorizedClipper` swaps in :func:`tfe_lite.ops.dp.per_record_conv2d_kernel_grad`.
 
@@ -485,12 +486,23 @@ _BATCH_MATMUL_OPS = ("BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
 def _outer_products(grad: tf.Tensor, shape: tf.TensorShape) -> _OuterProducts | None:
     """The factors of a vectorized gradient ``grad [records, d, u]`` of a 2-D variable of ``shape``, when
     pfor computed it as a batched product of two per-record tensors (a Dense kernel's gradient ``a^T g``,
-    stacked over records), else ``None``. Only graph tensors have a producing op to look at."""
+    stacked over records) or a sum of such products (a layer called several times: ``sum_j a_j^T g_j``,
+    whose factors are the ``a_j`` and ``g_j`` stacked along the rows), else ``None``. Only graph tensors
+    have a producing op to look at."""
     if tf.executing_eagerly() or shape.rank != 2 or not hasattr(grad, "op"):
         return None
     op = grad.op
     while op.type == "Identity":
         op = op.inputs[0].op
+    if op.type in ("AddN", "AddV2", "Add"):
+        if any(t.shape != grad.shape for t in op.inputs):  # a broadcasting sum
+            return None
+        terms = [_outer_products(t, shape) for t in op.inputs]
+        if any(term is None for term in terms):
+            return None
+        return _OuterProducts(
+            tf.concat([term.left for term in terms], axis=1), tf.concat([term.right for term in terms], axis=1)
+        )
     if op.type not in _BATCH_MATMUL_OPS:
         return None
     x, y = op.inputs
@@ -545,7 +557,8 @@ class VectorizedClipper:
     Two structures of per-record gradients are used without forming the ``records x parameters`` tensor:
 
     * *outer products*: inside a ``tf.function`` (Keras's train function), a gradient that pfor computes as a
-      batched product of per-record factors (every Dense kernel: ``a_r^T g_r``) is used through its factors.
+      batched product of per-record factors (every Dense kernel: ``a_r^T g_r``; a sum of them for a layer
+      called several times) is used through its factors.
       Its norm is ``||a_r|| ||g_r||`` (or a Gram form) and its share of the clipped sum one matmul, so the
       stacked product is never consumed and TensorFlow prunes it from the graph;
     * *sparse rows*: a gradient that TensorFlow gives as ``IndexedSlices`` (an Embedding's) stays as the
