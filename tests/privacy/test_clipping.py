@@ -507,3 +507,13 @@ def test_vectorized_shared_dense_layer_stays_factored():
     parts = clipper._eager_parts(x, y)[0]
     assert type(parts[0]).__name__ == "_OuterProducts" and parts[0].left.shape[1] == 2  # two calls, two rows
     _check_against_reference(model, clipper, x, y)
+
+
+def test_grouped_convolution_is_refused_by_name():
+    model = keras.Sequential(
+        [keras.Input((6, 6, 4)), keras.layers.Conv2D(4, 3, groups=2, name="grouped"), keras.layers.Flatten(),
+         keras.layers.Dense(3)]
+    )
+    for method in ("auto", "vectorized"):
+        with pytest.raises(UnsupportedLayerError, match=r"Conv2D 'grouped': groups=2"):
+            make_clipper(model, model.trainable_variables, _mse, method=method)

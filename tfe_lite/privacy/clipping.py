@@ -218,6 +218,15 @@ def _raised_in_pfor(error: BaseException) -> bool:
     return "pfor" in str(error)
 
 
+def _reason(message: str) -> str:
+    """The line of an error message that says what went wrong (autograph wraps it in "in user code:")."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in lines:
+        if re.match(r"\w+(Error|Exception): ", line):
+            return line.split(": ", 1)[1]
+    return lines[0] if lines else ""
+
+
 def _unvectorizable(error: Exception, model: keras.Model) -> UnsupportedLayerError:
     """An error naming the op that pfor could not vectorize and the layer(s) it belongs to."""
     message = str(error)
@@ -228,7 +237,7 @@ def _unvectorizable(error: Exception, model: keras.Model) -> UnsupportedLayerErr
     layers = _layers_in_scope(op_name.group(1), model) if op_name else []
     what = f"op {op_type.group(1)}" if op_type else "an op"
     where = f" in layer(s) {layers}" if layers else ""
-    reason = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    reason = _reason(message) or type(error).__name__
     return UnsupportedLayerError(
         f"Per-example gradients of model {model.name!r} cannot be vectorized: {what}{where} has no working "
         f"tf.vectorized_map rule ({reason}). Replace the layer, or implement it with vectorizable TensorFlow "
@@ -279,6 +288,7 @@ def _pfor_conv2d_kernel_grads(pfor_input: Any) -> Any:
     if (
         not inputs_stacked
         or kernel is None
+        or kernel[2] != inputs.shape[-1]  # a grouped convolution
         or data_format != "NHWC"
         or padding not in ("VALID", "SAME")
         or inputs.shape.rank != 5
@@ -577,6 +587,20 @@ class VectorizedClipper:
         *,
         factor_outer_products: bool = True,
     ) -> None:
+        grouped = [
+            f"{type(layer).__name__} {layer.name!r}: groups={layer.groups}"
+            for layer in _all_layers(model)
+            if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D))
+            and layer.groups != 1
+            and layer.trainable_weights
+        ]
+        if grouped:
+            # TensorFlow 2.21's pfor rules build a wrong filter size for a grouped kernel gradient.
+            raise UnsupportedLayerError(
+                "Per-example gradients of grouped convolutions cannot be vectorized by TensorFlow:\n  - "
+                + "\n  - ".join(grouped)
+                + "\nUse groups=1, or several convolutions on channel slices."
+            )
         self._model = model
         self._variables = list(variables)
         self._loss_fn = loss_fn
