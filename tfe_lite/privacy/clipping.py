@@ -10,9 +10,9 @@ per-record gradient. A gradient that is a batched product of per-record factors 
 g_r``), or a sum of such products (a layer called several times), is used through its factors. One that
 TensorFlow gives as ``IndexedSlices`` (an Embedding's) is used as the rows it touches. Neither becomes a
 ``records x parameters`` tensor. Other gradients are materialized, and for them memory and time grow with
-``records x parameters``. pfor's own rule for a convolution's kernel
-gradient is a ``while_loop`` of one ``Conv2DBackpropFilter`` per record; while tracing,
-:class:`VectorizedClipper` swaps in :func:`tfe_lite.ops.dp.per_record_conv2d_kernel_grad`.
+``records x parameters``. pfor's own rule for a convolution's kernel gradient is a ``while_loop`` of one
+``Conv2DBackpropFilter`` per record; while tracing, :class:`VectorizedClipper` swaps in
+:func:`tfe_lite.ops.dp.per_record_conv2d_kernel_grad`.
 
 :class:`GhostClipper` ("ghost clipping", Goodfellow 2015; Li et al. 2022; Bu et al. 2023) computes record
 norms from each supported layer's input activations and output gradients. A trainable layer computes
@@ -167,8 +167,12 @@ def _split_inputs(x: Any, microbatches: int | None) -> Any:
 
 
 def _merge_records(t: tf.Tensor) -> tf.Tensor:
+    """``[records, rows, ...]`` -> ``[records * rows, ...]``, keeping what is known of the static shape."""
     shape = tf.shape(t)
-    return tf.reshape(t, tf.concat([[shape[0] * shape[1]], shape[2:]], axis=0))
+    merged = tf.reshape(t, tf.concat([[shape[0] * shape[1]], shape[2:]], axis=0))
+    first = None if None in (t.shape[0], t.shape[1]) else t.shape[0] * t.shape[1]
+    merged.set_shape([first, *t.shape[2:]])
+    return merged
 
 
 class PerRecordGradients:
@@ -219,12 +223,14 @@ def _raised_in_pfor(error: BaseException) -> bool:
 
 
 def _reason(message: str) -> str:
-    """The line of an error message that says what went wrong (autograph wraps it in "in user code:")."""
+    """The line of an error message that says what went wrong, past the wrapping that autograph ("in user
+    code:") and graph execution ("Graph execution error:", "Detected at node ...", stack lines) add."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     for line in lines:
         if re.match(r"\w+(Error|Exception): ", line):
             return line.split(": ", 1)[1]
-    return lines[0] if lines else ""
+    wrapping = ("in user code:", "Graph execution error:", "Detected at node", "File ", "[[")
+    return next((line for line in lines if not line.startswith(wrapping)), "")
 
 
 def _unvectorizable(error: Exception, model: keras.Model) -> UnsupportedLayerError:
@@ -261,11 +267,9 @@ def vectorization_failure(error: Exception, model: keras.Model) -> UnsupportedLa
         return None
     layers = _layers_in_scope(node.group(1), model)
     where = f" in layer(s) {layers}" if layers else ""
-    first = next((line.strip() for line in message.splitlines() if line.strip() and "Detected at" not in line
-                  and "Graph execution error" not in line and not line.strip().startswith(("File", "[["))), "")
     return UnsupportedLayerError(
         f"Per-example gradients of model {model.name!r} failed when run: TensorFlow's vectorization (pfor) of "
-        f"node {node.group(1)!r}{where} does not compute ({first}). This is a limit of tf.vectorized_map for "
+        f"node {node.group(1)!r}{where} does not compute ({_reason(message)}). This is a limit of tf.vectorized_map for "
         "this layer: replace it, or implement it with other TensorFlow ops."
     )
 
@@ -297,13 +301,9 @@ def _pfor_conv2d_kernel_grads(pfor_input: Any) -> Any:
         return _TF_RULES["Conv2DBackpropFilter"](pfor_input)
     grads = pfor_input.stacked_input(2)
     records = tf.shape(inputs)[0]
-    merged_inputs = tf.reshape(inputs, tf.concat([[-1], tf.shape(inputs)[2:]], axis=0))
-    merged_inputs.set_shape([None, *inputs.shape[2:]])
-    merged_grads = tf.reshape(grads, tf.concat([[-1], tf.shape(grads)[2:]], axis=0))
-    merged_grads.set_shape([None, *grads.shape[2:]])
     per_example = per_record_conv2d_kernel_grad(
-        merged_inputs,
-        merged_grads,
+        _merge_records(inputs),
+        _merge_records(grads),
         [int(kernel[0]), int(kernel[1])],
         strides=list(strides[1:3]),
         dilations=list(dilations[1:3]),
@@ -370,7 +370,7 @@ def _pfor_depthwise_conv(pfor_input: Any) -> Any:
     if kernel_stacked or not images_stacked or data_format != "NHWC":
         return _TF_RULES[op.type](pfor_input)
     stacked = pfor_input.stacked_input(images)
-    merged = tf.reshape(stacked, tf.concat([[-1], tf.shape(stacked)[2:]], axis=0))
+    merged = _merge_records(stacked)
     attrs = {
         name: pfor_input.get_attr(name)
         for name in ("strides", "padding", "explicit_paddings", "data_format", "dilations")
@@ -660,6 +660,7 @@ class VectorizedClipper:
             if not _raised_in_pfor(error):
                 raise
             raise _unvectorizable(error, self._model) from error
+        losses, y_pred = tf.nest.map_structure(lambda t: _merge_records(t[:count]), (losses, y_pred))
         return grads, losses, y_pred, count
 
     def per_record_gradients(self, x: Any, y: Any = None, sample_weight: Any = None) -> tuple:
@@ -670,7 +671,6 @@ class VectorizedClipper:
             if isinstance(g, _SparseRows):
                 g = g.dense(tf.TensorShape(v.shape))
             dense.append(g[:count])
-        losses, y_pred = tf.nest.map_structure(lambda t: _merge_records(t[:count]), (losses, y_pred))
         return dense, losses, y_pred
 
     def _parts(self, x: Any, y: Any = None, sample_weight: Any = None) -> tuple:
@@ -693,7 +693,6 @@ class VectorizedClipper:
                 parts.append(outer.take(count))
                 squares.append(parts[-1].squared_norms(lambda g=g: g[:count]))
         norms = tf.sqrt(tf.add_n(squares))
-        losses, y_pred = tf.nest.map_structure(lambda t: _merge_records(t[:count]), (losses, y_pred))
         return parts, norms, losses, y_pred
 
     def __call__(self, x: Any, y: Any = None, sample_weight: Any = None) -> PerRecordGradients:

@@ -164,30 +164,45 @@ class DPConfig:
                     adaptive,
                 )
             )
-        elif isinstance(adaptive, AdaptiveClipping) and _is_real(self.noise_multiplier) and self.noise_multiplier > 0:
-            count = self.count_noise_multiplier
-            if count <= self.noise_multiplier:
-                problems.append(
-                    _invalid(
-                        "clipped_count_stddev",
-                        f"more than noise_multiplier / 2 = {self.noise_multiplier / 2:g} (the noised count alone "
-                        "would cost more privacy than noise_multiplier allows for both; default: "
-                        "expected_num_records / 20)",
-                        count / 2,
-                    )
+        elif (
+            isinstance(adaptive, AdaptiveClipping)
+            and _is_real(self.noise_multiplier)
+            and self.noise_multiplier > 0
+            and self.count_noise_multiplier <= self.noise_multiplier
+        ):
+            problems.append(
+                _invalid(
+                    "clipped_count_stddev",
+                    f"more than noise_multiplier / 2 = {self.noise_multiplier / 2:g} (the noised count alone "
+                    "would cost more privacy than noise_multiplier allows for both; default: "
+                    "expected_num_records / 20)",
+                    self.count_stddev,
                 )
+            )
         if problems:
             raise ConfigError("\n".join(problems))
 
     @property
-    def count_noise_multiplier(self) -> float | None:
-        """Adaptive clipping's count mechanism: ``2 clipped_count_stddev`` (``None`` for a fixed clip)."""
+    def expected_num_records(self) -> float | None:
+        """Adaptive clipping's expected records per global batch (``None`` for a fixed clip)."""
+        adaptive = self.adaptive_clipping
+        return None if adaptive is None else adaptive.expected_num_records or self.expected_batch_size
+
+    @property
+    def count_stddev(self) -> float | None:
+        """Adaptive clipping's noise std on the unclipped count (``None`` for a fixed clip)."""
         adaptive = self.adaptive_clipping
         if adaptive is None:
             return None
         if adaptive.clipped_count_stddev is not None:
-            return 2.0 * adaptive.clipped_count_stddev
-        return 2.0 * (adaptive.expected_num_records or self.expected_batch_size) / 20
+            return adaptive.clipped_count_stddev
+        return self.expected_num_records / 20
+
+    @property
+    def count_noise_multiplier(self) -> float | None:
+        """Adaptive clipping's count mechanism: ``2 clipped_count_stddev`` (sensitivity 0.5)."""
+        stddev = self.count_stddev
+        return None if stddev is None else 2.0 * stddev
 
     @property
     def sum_noise_multiplier(self) -> float:
@@ -308,14 +323,13 @@ class DPModel(keras.Model):
         if adaptive is None:
             self._query = _tf_privacy.gaussian_sum_query(config.l2_norm_clip, config.noise_multiplier, noise)
         else:
-            records = adaptive.expected_num_records or config.expected_batch_size
             self._query = _tf_privacy.adaptive_clip_sum_query(
                 config.l2_norm_clip,
                 config.sum_noise_multiplier,
                 target_unclipped_quantile=adaptive.target_unclipped_quantile,
                 learning_rate=adaptive.learning_rate,
-                clipped_count_stddev=config.count_noise_multiplier / 2,
-                expected_num_records=records,
+                clipped_count_stddev=config.count_stddev,
+                expected_num_records=config.expected_num_records,
                 geometric_update=adaptive.geometric_update,
                 noise=noise,
             )
