@@ -7,6 +7,10 @@ tested on one CPU, each need a logical device of their own, so this module asks 
 
 from __future__ import annotations
 
+import functools
+import threading
+from typing import Callable
+
 import tensorflow as tf
 
 from tfe_lite.errors import RuntimeConfigError
@@ -46,3 +50,24 @@ def ensure_logical_cpus(count: int) -> list[str]:
             "start of the program."
         )
     return names
+
+
+# TensorFlow 2.21's eager runtime mixes up operands when several Python threads run ops on logical devices
+# other than the host's at once (measured: a few in a thousand right-shifts by 8 on /device:CPU:1 came out
+# shifted by another thread's 56); the same ops inside a tf.function run concurrently without error. So
+# eager work on the players' devices is serialized by one process-wide lock, and only graph executions
+# overlap.
+_EAGER_LOCK = threading.RLock()
+
+
+def eager_serialized(fn: Callable) -> Callable:
+    """Run ``fn`` under the process-wide eager lock when it executes eagerly (not while tracing)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if tf.executing_eagerly():
+            with _EAGER_LOCK:
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper

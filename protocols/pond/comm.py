@@ -1,12 +1,16 @@
 """Moving tensors between players, and counting what crosses.
 
 Every tensor that leaves one player's device for another's goes through :meth:`Channel.send`, which
-places a copy on the receiver's device and records the bytes in the active :class:`CommunicationLog` s.
-Local mode copies between logical devices of one process; a multi-host config turns the same copy into
-a gRPC transfer, so the counts are those a network would carry.
+places a copy on the receiver's device and counts the bytes. Local mode copies between logical devices of
+one process; a multi-host config turns the same copy into a gRPC transfer, so the counts are those a
+network would carry.
 
-Counts are taken when the computation is built: eagerly that is each execution; inside ``tf.function``
-it is once per trace (the traced graph then moves the same bytes on every call).
+Counts are taken when the transfer runs. Eagerly that is when it is built; inside a ``tf.function`` each
+send also increments a traffic counter (an int64 variable on the receiver's device, one per link, kind of
+message and phase), so every execution of a traced function is counted, and tracing alone counts nothing.
+A :class:`CommunicationLog` (``with prot.count_communication() as log:``) holds the eager transfers made
+while it was open and, when it closes, what the graph counters added meanwhile: all of this protocol's
+traffic in that time, from any thread. Read it after the ``with`` block.
 """
 
 from __future__ import annotations
@@ -14,21 +18,29 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import threading
 
+import numpy as np
 import tensorflow as tf
+
+from tfe_lite.errors import ProtocolError
+from tfe_lite.state import lifted_variable
 
 
 @dataclasses.dataclass(frozen=True)
 class Transfer:
+    """``count`` messages of kind ``what`` from ``src`` to ``dst``, ``nbytes`` bytes in all."""
+
     src: str
     dst: str
     what: str
-    nbytes: int | None  # None when the shape is not known statically
+    nbytes: int
     phase: str = "online"
+    count: int = 1
 
 
 class CommunicationLog:
-    """Transfers recorded while the log was active."""
+    """Transfers recorded while the log was active (graph executions are added when it closes)."""
 
     def __init__(self):
         self.transfers: list[Transfer] = []
@@ -37,21 +49,17 @@ class CommunicationLog:
         self.transfers.append(transfer)
 
     def total_bytes(self, phase: str | None = None) -> int:
-        """Bytes moved between players (in ``phase`` when given); raises if a size was not static."""
-        selected = [t for t in self.transfers if phase is None or t.phase == phase]
-        unknown = [t for t in selected if t.nbytes is None]
-        if unknown:
-            raise ValueError(f"{len(unknown)} transfers had shapes unknown at trace time, e.g. {unknown[0]}")
-        return sum(t.nbytes for t in selected)
+        """Bytes moved between players (in ``phase`` when given: ``"online"`` or ``"offline"``)."""
+        return sum(t.nbytes for t in self.transfers if phase is None or t.phase == phase)
 
     @property
     def messages(self) -> int:
-        return len(self.transfers)
+        return sum(t.count for t in self.transfers)
 
     def by_link(self) -> dict[tuple[str, str], int]:
         links: dict[tuple[str, str], int] = collections.defaultdict(int)
         for t in self.transfers:
-            links[(t.src, t.dst)] += t.nbytes or 0
+            links[(t.src, t.dst)] += t.nbytes
         return dict(links)
 
     def summary(self) -> str:
@@ -67,15 +75,30 @@ class Channel:
     def __init__(self):
         self._logs: list[CommunicationLog] = []
         self._phase = "online"
+        self._counters: dict[tuple[str, str, str, str], tf.Variable] = {}
+        self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def count(self):
+        if not tf.executing_eagerly():
+            raise ProtocolError(
+                "count_communication() counts executions: open it around the calls of a tf.function, not inside "
+                "one (the counters inside the graph count every run)."
+            )
         log = CommunicationLog()
-        self._logs.append(log)
+        start = self._read_counters()
+        with self._lock:
+            self._logs.append(log)
         try:
             yield log
         finally:
-            self._logs.remove(log)
+            with self._lock:
+                self._logs.remove(log)
+            for key, (nbytes, count) in self._read_counters().items():
+                before = start.get(key, (0, 0))
+                if count > before[1]:
+                    src, dst, what, phase = key
+                    log.record(Transfer(src, dst, what, nbytes - before[0], phase, count - before[1]))
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -86,13 +109,34 @@ class Channel:
             self._phase = previous
 
     def send(self, tensor: tf.Tensor, src, dst, what: str) -> tf.Tensor:
-        """``tensor`` (on ``src``'s device) as a tensor on ``dst``'s device."""
+        """``tensor`` (on ``src``'s device) as a tensor on ``dst``'s device, counted."""
         if src == dst:
             return tensor
-        elements = tensor.shape.num_elements()
-        nbytes = None if elements is None else elements * tensor.dtype.size
-        transfer = Transfer(src.name, dst.name, what, nbytes, self._phase)
-        for log in self._logs:
-            log.record(transfer)
         with tf.device(dst.device):
-            return tf.identity(tensor, name=f"recv_{what}")
+            received = tf.identity(tensor, name=f"recv_{what}")
+        elements = tensor.shape.num_elements()
+        if tf.executing_eagerly():
+            transfer = Transfer(src.name, dst.name, what, elements * tensor.dtype.size, self._phase)
+            with self._lock:
+                for log in self._logs:
+                    log.record(transfer)
+            return received
+        counter = self._counter((src.name, dst.name, what, self._phase), dst.device)
+        with tf.device(dst.device):
+            if elements is None:
+                nbytes = tf.size(tensor, out_type=tf.int64) * tensor.dtype.size
+            else:
+                nbytes = tf.constant(elements * tensor.dtype.size, tf.int64)
+            counter.assign_add(tf.stack([nbytes, tf.constant(1, tf.int64)]), name=f"count_{what}")
+        return received
+
+    def _counter(self, key: tuple[str, str, str, str], device: str) -> tf.Variable:
+        with self._lock:
+            if key not in self._counters:
+                self._counters[key] = lifted_variable(np.zeros(2, np.int64), device=device, name="traffic")
+            return self._counters[key]
+
+    def _read_counters(self) -> dict[tuple[str, str, str, str], tuple[int, int]]:
+        with self._lock:
+            counters = dict(self._counters)
+        return {key: tuple(int(v) for v in var.numpy()) for key, var in counters.items()}

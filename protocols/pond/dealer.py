@@ -1,18 +1,28 @@
-"""Triple dealers: where the Beaver triples and square pairs of the servers come from.
+"""Dealers: where the servers' correlated randomness (Beaver triples and their kin) comes from.
 
-A dealer is a :class:`TripleSource`. For a :class:`TripleSpec` — a bilinear ring operation ``f`` (``mul``,
-``matmul``, ``conv2d``) with operand shapes, or ``square`` — it hands ``server0`` the shares ``a0, b0, c0``
-and ``server1`` the shares ``a1, b1, c1`` of random ``a``, ``b`` and ``c = f(a, b)`` (``c = a * a`` for a
-square pair, with no ``b``).
+A dealer is a :class:`TripleSource`. For a :class:`TripleSpec` it hands ``server0`` the parts ``a0, b0, c0``
+and ``server1`` the parts ``a1, b1, c1`` of random ``a``, ``b`` and ``c = f(a, b)``. What ``f`` is, and how
+each value is shared, depends on the spec's ``op`` (:data:`KINDS`):
+
+============ ============================ =========================== ==========================
+op           a, b                         c                           used by
+============ ============================ =========================== ==========================
+``mul``      additive shares              ``a * b``, additive         private ``*``
+``matmul``   additive shares              ``a @ b``, additive         private ``@``
+``conv2d``   additive shares              ``conv2d(a, b)``, additive  private ``conv2d``
+``square``   ``a`` additive (no ``b``)    ``a * a``, additive         ``square``
+``and``      XOR shares of 64-bit words   ``a & b``, XOR shares       binary circuits
+``edabit``   ``a`` additive (no ``b``)    the bits of ``a``, XOR      comparisons (a mask ``r``)
+``dabit``    a bit, XOR shares (no ``b``) the same bit, additive      binary -> arithmetic
+============ ============================ =========================== ==========================
 
 * :class:`OnlineDealer`: the crypto producer makes each triple when it is needed.
 * :class:`PrecomputedDealer`: the producer makes triples ahead of time (the offline phase); the online
-  phase only reads them. Pools live in variables on the servers and are consumed through run-time
-  counters, so a ``tf.function`` never reuses a triple: it fails when a pool runs out.
+  phase only reads them.
 
-Seeded triples: the producer draws two fresh seeds. Server0's shares ``a0, b0, c0`` are all expanded from
-seed 0 (streams 0, 1, 2), server1's ``a1, b1`` from seed 1; only ``c1 = f(a, b) - c0`` travels in full.
-A triple thus costs ``64 + 8 * size(c)`` bytes of producer traffic.
+Seeded triples: the producer draws two fresh seeds. Server0's parts ``a0, b0, c0`` are all expanded from
+seed 0 (streams 0, 1, 2), server1's ``a1, b1`` from seed 1; only ``c1`` (``c - c0`` or ``c ^ c0``) travels in
+full. A triple thus costs ``64 + 8 * size(c)`` bytes of producer traffic.
 """
 
 from __future__ import annotations
@@ -20,44 +30,62 @@ from __future__ import annotations
 import abc
 import collections
 import dataclasses
+import itertools
+import re
+import threading
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
 from tfe_lite import prg, ring
-from tfe_lite.errors import ConfigError, TripleExhaustedError
+from tfe_lite.devices import eager_serialized
+from tfe_lite.errors import ConfigError, ProtocolError, TripleExhaustedError
+from tfe_lite.random import AtomicCounter
+from tfe_lite.state import lifted_variable
 
 _A, _B, _C = 0, 1, 2  # expansion streams of a seed
 
 
-def _ring_mul(spec, a, b):
-    return a * b
+def _broadcast_shape(spec) -> tuple:
+    return tuple(np.broadcast_shapes(spec.shape_a, spec.shape_b))
 
 
-def _ring_square(spec, a, b):
-    return a * a
+def _conv_shape(spec) -> tuple:
+    n, h, w, _ = spec.shape_a
+    kh, kw, _, cout = spec.shape_b
+    sh, sw = spec.strides
+    if spec.padding == "SAME":
+        return (n, -(-h // sh), -(-w // sw), cout)
+    return (n, (h - kh) // sh + 1, (w - kw) // sw + 1, cout)
 
 
-def _ring_matmul(spec, a, b):
-    return ring.matmul(a, b)
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    """How one kind of correlated randomness is made: ``f``, ``c``'s shape, and how a, b, c are shared."""
+
+    f: Callable
+    c_shape: Callable
+    has_b: bool = True
+    ab: str = "add"  # "add": additive shares; "xor": XOR shares of words; "bit": XOR shares of one bit
+    c: str = "add"  # "add" or "xor"
 
 
-def _ring_conv2d(spec, a, b):
-    return ring.conv2d(a, b, spec.strides, spec.padding)
-
-
-_OPS: dict[str, Callable] = {
-    "mul": _ring_mul,
-    "square": _ring_square,
-    "matmul": _ring_matmul,
-    "conv2d": _ring_conv2d,
+#: The kinds of correlated randomness a dealer makes, by ``TripleSpec.op``.
+KINDS: dict[str, _Kind] = {
+    "mul": _Kind(lambda s, a, b: a * b, _broadcast_shape),
+    "matmul": _Kind(lambda s, a, b: ring.matmul(a, b), lambda s: s.shape_a[:-1] + s.shape_b[-1:]),
+    "conv2d": _Kind(lambda s, a, b: ring.conv2d(a, b, s.strides, s.padding), _conv_shape),
+    "square": _Kind(lambda s, a, b: a * a, lambda s: s.shape_a, has_b=False),
+    "and": _Kind(lambda s, a, b: tf.bitwise.bitwise_and(a, b), _broadcast_shape, ab="xor", c="xor"),
+    "edabit": _Kind(lambda s, a, b: a, lambda s: s.shape_a, has_b=False, c="xor"),
+    "dabit": _Kind(lambda s, a, b: a, lambda s: s.shape_a, has_b=False, ab="bit"),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class TripleSpec:
-    """Which correlated randomness an interactive product needs."""
+    """Which correlated randomness an interactive operation needs (``op`` is a key of :data:`KINDS`)."""
 
     op: str
     shape_a: tuple
@@ -65,9 +93,27 @@ class TripleSpec:
     strides: tuple = (1, 1)
     padding: str = "VALID"
 
+    def __post_init__(self):
+        if self.op not in KINDS:
+            raise ConfigError(f"Received an invalid value for `op`, expected one of {sorted(KINDS)}. Received: op={self.op!r}")
+        for name in ("shape_a", "shape_b"):
+            shape = getattr(self, name)
+            if shape is not None and not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+                raise ConfigError(f"Received an invalid value for `{name}`, expected a fully known shape. Received: {name}={shape!r}")
+        if (self.shape_b is not None) != KINDS[self.op].has_b:
+            raise ConfigError(f"A {self.op!r} spec {'needs' if KINDS[self.op].has_b else 'takes no'} `shape_b`. Received: shape_b={self.shape_b!r}")
+
+    @property
+    def kind(self) -> _Kind:
+        return KINDS[self.op]
+
+    @property
+    def shape_c(self) -> tuple:
+        return tuple(int(d) for d in self.kind.c_shape(self))
+
     def apply(self, a: tf.Tensor, b: tf.Tensor | None) -> tf.Tensor:
-        """``f(a, b)`` over Z/2^64."""
-        return _OPS[self.op](self, a, b)
+        """``f(a, b)`` over Z/2^64 (or on bit words, for the binary kinds)."""
+        return self.kind.f(self, a, b)
 
     def __str__(self) -> str:
         if self.shape_b is None:
@@ -77,7 +123,7 @@ class TripleSpec:
 
 @dataclasses.dataclass
 class Triple:
-    """Server0's and server1's shares of ``(a, b, c = f(a, b))``; ``b`` is None for square pairs."""
+    """Server0's and server1's parts of ``(a, b, c = f(a, b))``; ``b`` is None for kinds without one."""
 
     a0: tf.Tensor
     b0: tf.Tensor | None
@@ -85,6 +131,20 @@ class Triple:
     a1: tf.Tensor
     b1: tf.Tensor | None
     c1: tf.Tensor
+
+
+def _part(sharing: str, seed, shape, stream: int) -> tf.Tensor:
+    values = prg.expand_seed(seed, shape, stream=stream)
+    return tf.bitwise.bitwise_and(values, np.int64(1)) if sharing == "bit" else values
+
+
+def _join(sharing: str, x0, x1) -> tf.Tensor:
+    return x0 + x1 if sharing == "add" else tf.bitwise.bitwise_xor(x0, x1)
+
+
+def _split_off(sharing: str, x, x0) -> tf.Tensor:
+    """The part that joins ``x0`` to ``x``."""
+    return x - x0 if sharing == "add" else tf.bitwise.bitwise_xor(x, x0)
 
 
 class TripleSource(abc.ABC):
@@ -99,69 +159,94 @@ class TripleSource(abc.ABC):
 
     @abc.abstractmethod
     def triple(self, spec: TripleSpec) -> Triple:
-        """Shares of a fresh triple for ``spec``, each on its server's device."""
+        """Parts of a fresh triple for ``spec``, each on its server's device."""
 
 
 class OnlineDealer(TripleSource):
     """The crypto producer makes each triple on demand, from fresh seeds.
 
-    Steps for ``spec`` with bilinear ``f``:
+    Steps for ``spec`` with ``f``:
       1. producer: seeds ``s0, s1`` from its stream; ``a_i, b_i`` = expand(``s_i``); ``c0`` = expand(``s0``);
-         ``c1 = f(a0 + a1, b0 + b1) - c0``.
+         ``c = f(a, b)`` with ``a = a0 + a1`` (or ``a0 ^ a1`` for XOR-shared kinds); ``c1 = c - c0`` (or ``^``).
       2. producer -> server0: ``s0`` (32 bytes); server0 expands ``a0, b0, c0``.
       3. producer -> server1: ``s1`` and ``c1``; server1 expands ``a1, b1``.
     """
 
+    @eager_serialized
     def triple(self, spec: TripleSpec) -> Triple:
-        prot = self.protocol
+        prot, kind = self.protocol, spec.kind
         producer, s0, s1 = prot.producer, prot.server0, prot.server1
         with tf.device(producer.device):
             stream = prot.streams.stream(producer)
             seed0, seed1 = stream.next_seed(), stream.next_seed()
-            a = prg.expand_seed(seed0, spec.shape_a, stream=_A) + prg.expand_seed(seed1, spec.shape_a, stream=_A)
+            a = _join(kind.ab, _part(kind.ab, seed0, spec.shape_a, _A), _part(kind.ab, seed1, spec.shape_a, _A))
             b = None
-            if spec.shape_b is not None:
-                b = prg.expand_seed(seed0, spec.shape_b, stream=_B) + prg.expand_seed(seed1, spec.shape_b, stream=_B)
-            c = spec.apply(a, b)
-            c1 = c - prg.expand_seed(seed0, c.shape, stream=_C)
+            if kind.has_b:
+                b = _join(kind.ab, _part(kind.ab, seed0, spec.shape_b, _B), _part(kind.ab, seed1, spec.shape_b, _B))
+            c1 = _split_off(kind.c, spec.apply(a, b), prg.expand_seed(seed0, spec.shape_c, stream=_C))
         send = prot.channel.send
         seed0 = send(seed0, producer, s0, "triple_seed")
         seed1 = send(seed1, producer, s1, "triple_seed")
         c1 = send(c1, producer, s1, "triple_c1")
         with tf.device(s0.device):
-            a0 = prg.expand_seed(seed0, spec.shape_a, stream=_A)
-            b0 = None if b is None else prg.expand_seed(seed0, spec.shape_b, stream=_B)
-            c0 = prg.expand_seed(seed0, c.shape, stream=_C)
+            a0 = _part(kind.ab, seed0, spec.shape_a, _A)
+            b0 = _part(kind.ab, seed0, spec.shape_b, _B) if kind.has_b else None
+            c0 = prg.expand_seed(seed0, spec.shape_c, stream=_C)
         with tf.device(s1.device):
-            a1 = prg.expand_seed(seed1, spec.shape_a, stream=_A)
-            b1 = None if b is None else prg.expand_seed(seed1, spec.shape_b, stream=_B)
+            a1 = _part(kind.ab, seed1, spec.shape_a, _A)
+            b1 = _part(kind.ab, seed1, spec.shape_b, _B) if kind.has_b else None
         return Triple(a0, b0, c0, a1, b1, c1)
 
 
-class _Pool:
-    """Precomputed triples of one spec: stacked variables on each server and a counter per server."""
+_dealer_ids = itertools.count()
+_TAKE = re.compile(r"(?:^|/)pond_take_d(\d+)_s(\d+)(?:_\d+)?$")
 
-    def __init__(self, prot, spec: TripleSpec, triples: list[Triple]):
-        self.spec = spec
-        self.size = len(triples)
-        self.parts = {}
-        for server, names in ((prot.server0, ("a0", "b0", "c0")), (prot.server1, ("a1", "b1", "c1"))):
-            with tf.init_scope(), tf.device(server.device):
-                for name in names:
-                    values = [getattr(t, name) for t in triples]
-                    if values[0] is not None:
-                        self.parts[name] = tf.Variable(tf.stack(values), trainable=False, name=f"pool_{name}")
-                self.parts["next" + names[0][-1]] = tf.Variable(np.int64(0), trainable=False, name="pool_next")
+
+class _Pool:
+    """Every precomputed triple of one spec: stacked variables on each server, one index on server0.
+
+    Triple ``i`` is row ``i`` of each server's variables. A take reads-and-advances the index atomically on
+    server0 and sends it to server1 (8 bytes), so both servers always use the same triple, each triple is
+    used at most once, and a run that fails half-way wastes its triple instead of putting the servers out
+    of step. The variables have an unknown leading dimension and grow by :meth:`append`; a traced function
+    reads them at run time, so triples precomputed after it was traced serve it too.
+    """
+
+    def __init__(self, prot, spec: TripleSpec, op_name: str):
+        self.spec, self.op_name = spec, op_name
+        kind = spec.kind
+        shapes = {"a": spec.shape_a, "b": spec.shape_b if kind.has_b else None, "c": spec.shape_c}
+        self.parts: dict[str, tf.Variable] = {}
+        for server, index in ((prot.server0, "0"), (prot.server1, "1")):
+            for name, shape in shapes.items():
+                if shape is not None:
+                    self.parts[name + index] = lifted_variable(
+                        np.zeros((0, *shape), np.int64), device=server.device, name=f"pool_{name}{index}",
+                        shape=tf.TensorShape([None, *shape]),
+                    )
+        self.index = AtomicCounter(variable=lifted_variable(
+            np.zeros(3, np.int64), device=prot.server0.device, name="pool_index"))
+
+    def size(self) -> int:
+        """How many triples were ever stored (used ones included)."""
+        return int(tf.shape(self.parts["a0"])[0])
+
+    def append(self, triples: list[Triple]) -> None:
+        for name, var in self.parts.items():
+            with tf.device(var.device):
+                var.assign(tf.concat([var, tf.stack([getattr(t, name) for t in triples])], axis=0))
 
     def take(self, prot) -> Triple:
         taken = {}
+        i = None
         for server, index in ((prot.server0, "0"), (prot.server1, "1")):
-            counter = self.parts[f"next{index}"]
             with tf.device(server.device):
-                if tf.executing_eagerly() and int(counter.numpy()) >= self.size:
-                    raise TripleExhaustedError(self._exhausted_message())
-                i = counter.assign_add(1) - 1
-                check = tf.debugging.assert_less(i, np.int64(self.size), message=self._exhausted_message())
+                if i is None:
+                    i = self.index.next(name=self.op_name) - 1
+                else:
+                    i = prot.channel.send(i, prot.server0, server, "triple_index")
+                stored = tf.shape(self.parts["a" + index], out_type=tf.int64)[0]
+                check = tf.debugging.assert_less(i, stored, message=self.exhausted_message())
                 with tf.control_dependencies([check]):
                     for name in ("a", "b", "c"):
                         var = self.parts.get(name + index)
@@ -169,34 +254,14 @@ class _Pool:
         return Triple(**taken)
 
     def remaining(self) -> int:
-        return self.size - int(self.parts["next0"].numpy())
+        return max(0, self.size() - int(self.index.read_value()))
 
-    def _exhausted_message(self) -> str:
+    def exhausted_message(self, used: int | None = None) -> str:
+        count = "" if used is None else f"all {used} were used"
         return (
-            f"The precomputed dealer has no {self.spec} triple left: all {self.size} were used. "
+            f"The precomputed dealer has no {self.spec} triple left{': ' + count if count else ''}. "
             "Precompute more (PrecomputedDealer.precompute / precompute_for)."
         )
-
-
-class _Recorder(TripleSource):
-    """Stands in for a dealer while a computation is traced, to list the triples it needs."""
-
-    def __init__(self, protocol):
-        self.protocol = protocol
-        self.specs: list[TripleSpec] = []
-
-    def triple(self, spec: TripleSpec) -> Triple:
-        self.specs.append(spec)
-        prot = self.protocol
-        c_shape = spec.apply(tf.zeros(spec.shape_a, tf.int64),
-                             None if spec.shape_b is None else tf.zeros(spec.shape_b, tf.int64)).shape
-        parts = {}
-        for server, index in ((prot.server0, "0"), (prot.server1, "1")):
-            with tf.device(server.device):
-                parts["a" + index] = tf.zeros(spec.shape_a, tf.int64)
-                parts["b" + index] = None if spec.shape_b is None else tf.zeros(spec.shape_b, tf.int64)
-                parts["c" + index] = tf.zeros(c_shape, tf.int64)
-        return Triple(**parts)
 
 
 class PrecomputedDealer(TripleSource):
@@ -205,54 +270,125 @@ class PrecomputedDealer(TripleSource):
     ``precompute(spec, count)`` has ``generator`` (an :class:`OnlineDealer` by default: the crypto producer
     with seeded triples) make ``count`` triples now; their traffic is logged under phase ``"offline"``.
     ``precompute_for(fn, *args, runs=n)`` traces ``fn`` to find the triples it needs and makes them for
-    ``n`` runs. During the online phase :meth:`triple` only reads the pools; an empty pool raises
-    :class:`~tfe_lite.errors.TripleExhaustedError` (eagerly) or fails the graph's run-time check.
+    ``n`` runs. During the online phase :meth:`triple` only reads the pools: each take is an atomic index on
+    server0, sent to server1, so concurrent runs and failed runs never reuse a triple or put the servers
+    out of step; an empty pool raises :class:`~tfe_lite.errors.TripleExhaustedError` (eagerly) or fails
+    the graph's run-time check. Pools are resolved at run time: a function traced before ``precompute``
+    serves from triples made after. Precomputed triples stay in memory until the dealer is dropped (used
+    ones too: pools only grow, so that a concurrent take never sees a row move).
     """
 
     def __init__(self, generator: TripleSource | None = None):
         self.generator = generator or OnlineDealer()
-        self._pools: dict[TripleSpec, list[_Pool]] = collections.defaultdict(list)
+        self._id = next(_dealer_ids)
+        self._pools: dict[TripleSpec, _Pool] = {}
+        self._specs: list[TripleSpec] = []
+        self._lock = threading.Lock()
 
     def bind(self, protocol) -> None:
         super().bind(protocol)
         self.generator.bind(protocol)
 
+    def _pool(self, spec: TripleSpec, create: bool) -> _Pool | None:
+        with self._lock:
+            if spec not in self._pools and create:
+                name = f"pond_take_d{self._id}_s{len(self._specs)}"
+                self._pools[spec] = _Pool(self.protocol, spec, name)
+                self._specs.append(spec)
+            return self._pools.get(spec)
+
+    @eager_serialized
     def precompute(self, spec: TripleSpec, count: int) -> None:
-        if not isinstance(count, int) or count < 1:
+        """Make ``count`` triples for ``spec`` now (eagerly: this is the offline phase)."""
+        if not isinstance(spec, TripleSpec):
+            raise ConfigError(f"Received an invalid value for `spec`, expected a TripleSpec. Received: spec={spec!r}")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise ConfigError(f"Received an invalid value for `count`, expected a positive integer. Received: count={count!r}")
+        if not tf.executing_eagerly():
+            raise ProtocolError("PrecomputedDealer.precompute is the offline phase: call it eagerly, not inside tf.function.")
         with self.protocol.channel.phase("offline"):
             triples = [self.generator.triple(spec) for _ in range(count)]
-        self._pools[spec].append(_Pool(self.protocol, spec, triples))
+        self._pool(spec, create=True).append(triples)
 
     def plan(self, fn: Callable, *args) -> list[TripleSpec]:
-        """The triples one run of ``fn(*args)`` needs, found by tracing it (nothing runs)."""
-        recorder = _Recorder(self.protocol)
-        previous, self.protocol.dealer = self.protocol.dealer, recorder
-        try:
-            tf.function(fn).get_concrete_function(*args)
-        finally:
-            self.protocol.dealer = previous
-        return recorder.specs
+        """The triples one run of ``fn(*args)`` takes, found by tracing it (nothing runs).
+
+        ``fn`` is a Python function or a ``tf.function`` of this dealer's protocol, called with ``args``
+        (tensors, numpy arrays or ``tf.TensorSpec`` s). The trace is an ordinary one, with the dealer as the
+        protocol uses it: it takes triples from the pools at run time, so it can be kept and run once
+        the triples are made. Every take in the traced graph (in nested functions too, and in both branches
+        of a ``tf.cond``, of which one runs) is counted; a take inside a loop body (``tf.while_loop``, a
+        ``for`` over a tensor) has no count known before running, and is refused.
+        """
+        if not callable(fn):
+            raise ConfigError(f"Received an invalid value for `fn`, expected a callable. Received: fn={fn!r}")
+        concrete = tf.function(fn).get_concrete_function(*args)
+        counts = _count_takes(concrete.graph.as_graph_def(), self._id)
+        return [self._specs[s] for s in sorted(counts) for _ in range(counts[s])]
 
     def precompute_for(self, fn: Callable, *args, runs: int = 1) -> dict[TripleSpec, int]:
-        """Make the triples of ``runs`` runs of ``fn(*args)``; returns how many of each spec were made."""
+        """Make the triples of ``runs`` runs of ``fn(*args)`` (see :meth:`plan`); returns how many of each
+        spec were made."""
+        if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+            raise ConfigError(f"Received an invalid value for `runs`, expected a positive integer. Received: runs={runs!r}")
         needed = collections.Counter(self.plan(fn, *args))
         for spec, count in needed.items():
             self.precompute(spec, count * runs)
         return {spec: count * runs for spec, count in needed.items()}
 
     def remaining(self, spec: TripleSpec) -> int:
-        return sum(pool.remaining() for pool in self._pools.get(spec, ()))
+        """How many triples of ``spec`` are left (precomputed and not yet taken)."""
+        pool = self._pool(spec, create=False)
+        return 0 if pool is None else pool.remaining()
 
+    @eager_serialized
     def triple(self, spec: TripleSpec) -> Triple:
-        pools = self._pools.get(spec)
-        if not pools:
+        if not tf.executing_eagerly():
+            # Inside a trace the pool may still be empty: the graph reads it when it runs.
+            return self._pool(spec, create=True).take(self.protocol)
+        pool = self._pool(spec, create=False)
+        if pool is None:
             raise TripleExhaustedError(
                 f"The precomputed dealer has no pool for {spec}; precompute it first "
-                f"(known specs: {[str(s) for s in self._pools] or 'none'})."
+                f"(known specs: {[str(s) for s in self._specs] or 'none'})."
             )
-        if tf.executing_eagerly():
-            for pool in pools:
-                if pool.remaining() > 0:
-                    return pool.take(self.protocol)
-        return pools[-1].take(self.protocol)
+        try:
+            return pool.take(self.protocol)
+        except tf.errors.InvalidArgumentError as error:
+            if "triple left" not in error.message:
+                raise
+            raise TripleExhaustedError(pool.exhausted_message(pool.size())) from None
+
+
+def _count_takes(graph_def, dealer_id: int) -> collections.Counter:
+    """Pool takes of dealer ``dealer_id`` per spec index in one run of ``graph_def``'s top-level graph."""
+    library = {f.signature.name: f for f in graph_def.library.function}
+
+    def count(nodes, where: str) -> collections.Counter:
+        total: collections.Counter = collections.Counter()
+        for node in nodes:
+            match = _TAKE.search(node.name) if node.op == "RngReadAndSkip" else None
+            if match and int(match.group(1)) == dealer_id:
+                total[int(match.group(2))] += 1
+            branches: collections.Counter = collections.Counter()
+            for attr in ("f", "body", "cond", "then_branch", "else_branch", "branches"):
+                if attr not in node.attr:
+                    continue
+                value = node.attr[attr]
+                names = [value.func.name] if value.WhichOneof("value") == "func" else [f.name for f in value.list.func]
+                inner = [count(library[n].node_def, n) for n in names if n in library]
+                if attr in ("body", "cond") and any(inner):
+                    raise ConfigError(
+                        f"Cannot plan triples for a loop: op {node.name!r} ({node.op}) in {where} takes triples in "
+                        "its body, and how often it runs is known only at run time. Precompute with "
+                        "PrecomputedDealer.precompute(spec, count) instead."
+                    )
+                for c in inner:
+                    if attr in ("then_branch", "else_branch", "branches"):
+                        branches |= c  # one branch runs: enough for the larger
+                    else:
+                        total += c
+            total += branches
+        return total
+
+    return count(graph_def.node, "the traced function")

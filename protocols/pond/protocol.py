@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfe_lite import prg, ring
+from tfe_lite.devices import eager_serialized
 from tfe_lite.errors import ConfigError, ProtocolError, ShapeError
 from tfe_lite.fixedpoint import FixedPointConfig, decode, encode
 from tfe_lite.players import CRYPTO_PRODUCER, SERVER0, SERVER1, Config, LocalConfig
@@ -103,6 +104,7 @@ class Pond:
         return f"Pond({self.config!r}, fixedpoint={self.fixedpoint}, dealer={type(self.dealer).__name__})"
 
     # ----------------------------------------------------------------------------------------- inputs
+    @eager_serialized
     def share(self, values, owner) -> PrivateTensor:
         """Secret-share real ``values`` held by player ``owner``.
 
@@ -124,6 +126,7 @@ class Pond:
             x0 = prg.expand_seed(seed, shape)
         return PrivateTensor(self, x0, x1)
 
+    @eager_serialized
     def public(self, values) -> PublicTensor:
         """A public value, encoded by each server (no traffic)."""
         copies = []
@@ -132,6 +135,7 @@ class Pond:
                 copies.append(encode(values, self.fixedpoint))
         return PublicTensor(self, *copies)
 
+    @eager_serialized
     def from_shares(self, share0, share1) -> PrivateTensor:
         """A private tensor from existing int64 shares (placed on server0 and server1)."""
         parts = []
@@ -145,6 +149,7 @@ class Pond:
             raise ShapeError(f"`share0` and `share1` must have the same shape. Received: {parts[0].shape} and {parts[1].shape}")
         return PrivateTensor(self, *parts)
 
+    @eager_serialized
     def reveal(self, x: PrivateTensor, *, to, dtype: tf.DType = tf.float64) -> tf.Tensor:
         """Both shares go to player ``to``, which adds and decodes them on its device."""
         receiver = self.config.get_player(to)
@@ -156,6 +161,7 @@ class Pond:
         with tf.device(receiver.device):
             return decode(s0 + s1, self.fixedpoint, dtype)
 
+    @eager_serialized
     def decode(self, x: tf.Tensor, dtype: tf.DType = tf.float64) -> tf.Tensor:
         return decode(x, self.fixedpoint, dtype)
 
@@ -187,32 +193,40 @@ class Pond:
             raise ShapeError(f"Cannot {op} operands of shapes {x.shape} and {y.shape}: they do not broadcast.") from None
 
     # -------------------------------------------------------------------------------------- linear ops
+    @eager_serialized
     def add(self, x, y):
         """``x + y``: local (server0 adds a public operand to its share)."""
         x, y = self._own(x, "x"), self._own(y, "y")
         self._broadcast("add", x, y)
         return _ADD[(type(x), type(y))](self, x, y)
 
+    @eager_serialized
     def sub(self, x, y):
         return self.add(x, self.neg(self._own(y, "y")))
 
+    @eager_serialized
     def neg(self, x):
         return linear.local(self, self._own(x, "x"), tf.negative)
 
+    @eager_serialized
     def reduce_sum(self, x, axis=None, keepdims: bool = False):
         return linear.local(self, self._own(x, "x"), lambda t: tf.reduce_sum(t, axis=axis, keepdims=keepdims))
 
+    @eager_serialized
     def reshape(self, x, shape):
         x = self._own(x, "x")
         _check_reshape(x.shape, shape)
         return linear.local(self, x, lambda t: tf.reshape(t, shape))
 
+    @eager_serialized
     def transpose(self, x, perm=None):
         return linear.local(self, self._own(x, "x"), lambda t: tf.transpose(t, perm))
 
+    @eager_serialized
     def slice(self, x, index):
         return linear.local(self, self._own(x, "x"), lambda t: t[index])
 
+    @eager_serialized
     def concat(self, values, axis: int = 0):
         """Concatenate tensors; public operands join a private result through the trivial sharing."""
         values = [self._own(v, f"values[{i}]") for i, v in enumerate(values)]
@@ -235,6 +249,7 @@ class Pond:
         return out_type(self, *out)
 
     # ------------------------------------------------------------------------------------- products
+    @eager_serialized
     def mul(self, x, y):
         """Elementwise ``x * y`` (broadcasting). Integer Python scalars scale exactly, without truncation."""
         for a, b in ((x, y), (y, x)):
@@ -248,6 +263,7 @@ class Pond:
         spec = TripleSpec("mul", tuple(x.shape), tuple(y.shape))
         return _PRODUCT[(type(x), type(y))](self, x, y, spec)
 
+    @eager_serialized
     def square(self, x):
         """``x * x`` from a square pair (private) or locally (public)."""
         x = self._own(x, "x")
@@ -255,6 +271,7 @@ class Pond:
             return truncate_public(self, linear.local(self, x, tf.square))
         return truncate_private(self, beaver.square(self, x))
 
+    @eager_serialized
     def matmul(self, x, y):
         """``x @ y`` (rank 2, or batched with equal batch dimensions)."""
         x, y = self._own(x, "x"), self._own(y, "y")
@@ -264,6 +281,7 @@ class Pond:
         spec = TripleSpec("matmul", tuple(x.shape), tuple(y.shape))
         return _PRODUCT[(type(x), type(y))](self, x, y, spec)
 
+    @eager_serialized
     def conv2d(self, x, filters, strides=1, padding: str = "SAME"):
         """2-D convolution like ``tf.nn.conv2d``: ``x`` is NHWC, ``filters`` ``[kh, kw, C_in, C_out]``."""
         x, filters = self._own(x, "x"), self._own(filters, "filters")
@@ -278,6 +296,7 @@ class Pond:
         spec = TripleSpec("conv2d", tuple(x.shape), tuple(filters.shape), strides, padding)
         return _PRODUCT[(type(x), type(filters))](self, x, filters, spec)
 
+    @eager_serialized
     def avg_pool2d(self, x, pool_size, strides=None, padding: str = "VALID"):
         """Average pooling like ``tf.nn.avg_pool2d`` (SAME averages over the in-bounds window only).
 
@@ -295,6 +314,7 @@ class Pond:
         counts = np.outer(*(_window_counts(n, k, s, padding) for n, k, s in zip(x.shape[1:3], pool_size, strides)))
         return self.mul(sums, (1.0 / counts)[None, :, :, None])
 
+    @eager_serialized
     def truncate(self, x):
         """Divide by ``2**frac_bits`` (after a product computed by hand on the ring)."""
         x = self._own(x, "x")

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfe_lite
+
 SEED = 32  # bytes of a 256-bit seed
 WORD = 8   # bytes of a ring element
 
@@ -42,13 +44,34 @@ def test_local_operations_send_nothing(prot):
     assert log.messages == 0
 
 
-def test_counting_inside_tf_function_counts_the_trace(prot):
+def test_traced_functions_are_counted_at_every_execution_not_when_traced(prot):
+    """Issue 8 item 6: traffic was counted when a computation was built (10 runs of a traced function
+    counted one trace, and a trace that never ran counted bytes)."""
+
     @tf.function
     def f(x):
         return (prot.share(x, "alice").square()).reveal(to="alice")
 
+    one_run = SEED + 56 + 2 * 56 + 2 * SEED + 56 + 2 * 56  # share, square (open, seeds, c1), reveal
     with prot.count_communication() as log:
-        f(tf.ones([7]))
-        f(tf.ones([7]))
-    # one trace: share (32 + 56), square (open 2 * 56, seeds 64, c1 56), reveal (2 * 56)
-    assert log.total_bytes() == SEED + 56 + 2 * 56 + 2 * SEED + 56 + 2 * 56
+        f.get_concrete_function(tf.TensorSpec([7], tf.float64))
+    assert log.total_bytes() == 0 and log.messages == 0, "tracing alone sends nothing"
+    with prot.count_communication() as log:
+        for _ in range(10):
+            f(tf.ones([7], tf.float64))
+    assert log.total_bytes() == 10 * one_run
+    assert log.by_link()[("alice", "server0")] == 10 * SEED
+    eager = prot.share(np.ones(7), "alice").square()
+    with prot.count_communication() as log:
+        eager.reveal(to="alice")
+    assert log.total_bytes() == 2 * 56
+
+
+def test_count_communication_inside_a_trace_is_refused(prot):
+    @tf.function
+    def f():
+        with prot.count_communication():
+            pass
+
+    with pytest.raises(Exception, match="ProtocolError: count_communication.. counts executions"):
+        f()

@@ -63,7 +63,7 @@ import tensorflow as tf
 
 from tfe_lite import ops, prg
 from tfe_lite.errors import ConfigError
-from tfe_lite.random import KEY_WORDS, _as_words, _key_bytes, validate_seed
+from tfe_lite.random import KEY_WORDS, AtomicCounter, _as_words, _key_bytes, validate_seed
 
 #: How many standard normals :class:`SecureNoise` sums (and halves) for each noise value.
 SECURE_SUMMANDS = 4
@@ -152,10 +152,11 @@ class ChaCha20Noise(NoiseSource):
         }
         key = _as_words(_key_bytes(seed, "privacy/noise"))  # os.urandom, or SHA-256 of the seed
         self._key = tf.Variable(key, name="noise_key", **first_replica)
-        self._counter = tf.Variable(np.int64(0), name="noise_counter", **first_replica)
+        # Read-and-advance in one op: concurrent steps never share a counter value, so never their noise.
+        self._counter = AtomicCounter(name="noise_counter", **first_replica)
 
     def _standard_normal(self, size: tf.Tensor) -> tf.Tensor:
-        counter = self._counter.assign_add(1)
+        counter = self._counter.next()
         key = self._key.read_value()
         if ops.in_xla_context():
             seed = prg.derive_seed(key, counter)[:2]
