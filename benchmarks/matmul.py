@@ -48,13 +48,13 @@ def bench(n: int, repeats: int, config) -> dict:
         a, b = prot.share(x, "alice"), prot.share(y, "bob")
 
         def private(a0, a1, b0, b1, prot=prot):
-            return (prot.from_shares(a0, a1) @ prot.from_shares(b0, b1)).shares
+            return (prot.from_shares(a0, a1, fixedpoint=prot.fixedpoint) @ prot.from_shares(b0, b1, fixedpoint=prot.fixedpoint)).shares
 
         cases[name] = (tf.function(private), (*a.shares, *b.shares))
         if prot is offline:
             offline_dealer.precompute(TripleSpec("matmul", (n, n), (n, n)), repeats + 2)
         with prot.count_communication() as log:
-            result = prot.from_shares(*cases[name][0](*cases[name][1]))
+            result = prot.from_shares(*cases[name][0](*cases[name][1]), fixedpoint=prot.fixedpoint)
         err = np.abs(result.reveal(to="alice").numpy() - x @ y).max()
         cases[name] += (err, log.total_bytes("online"))
 

@@ -21,6 +21,9 @@ import tensorflow as tf
 from tfe_lite.errors import ConfigError, EncodingError
 
 RING_BITS = 64
+#: The least margin ``64 - (int_bits + 2 * frac_bits)`` a config may have: a product at the range bound is
+#: truncated wrongly with probability at most ``2**-MIN_MARGIN_BITS`` per element.
+MIN_MARGIN_BITS = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +36,7 @@ class FixedPointConfig:
     """
 
     frac_bits: int = 16
-    int_bits: int = 16
+    int_bits: int = 12
 
     def __post_init__(self):
         for name in ("frac_bits", "int_bits"):
@@ -52,12 +55,13 @@ class FixedPointConfig:
                 "Received an invalid value for `int_bits`, expected a positive integer. "
                 f"Received: int_bits={self.int_bits}"
             )
-        if self.int_bits + 2 * self.frac_bits > RING_BITS - 2:
+        if self.margin_bits < MIN_MARGIN_BITS:
             raise ConfigError(
-                "Fixed-point config does not fit the 64-bit ring: a product before truncation needs "
-                f"int_bits + 2 * frac_bits <= {RING_BITS - 2} bits. "
-                f"Received: int_bits={self.int_bits}, frac_bits={self.frac_bits} "
-                f"({self.int_bits + 2 * self.frac_bits} bits)"
+                "Fixed-point config leaves too small a statistical margin for truncation: it needs "
+                f"64 - (int_bits + 2 * frac_bits) >= {MIN_MARGIN_BITS}, so that a product at the range bound "
+                f"is truncated wrongly with probability at most 2**-{MIN_MARGIN_BITS} per element. Received: "
+                f"int_bits={self.int_bits}, frac_bits={self.frac_bits} (margin {self.margin_bits} bits: failure "
+                f"probability 2**-{max(self.margin_bits, 0)} at the bound). Lower int_bits or frac_bits."
             )
 
     @classmethod
@@ -69,6 +73,11 @@ class FixedPointConfig:
             raise ConfigError(
                 f"Received an invalid value for `name`, expected one of {sorted(PRESETS)}. Received: name={name!r}"
             ) from None
+
+    @property
+    def margin_bits(self) -> int:
+        """``64 - (int_bits + 2 * frac_bits)``: truncation fails with probability ``2**-margin`` at the bound."""
+        return RING_BITS - (self.int_bits + 2 * self.frac_bits)
 
     @property
     def scale(self) -> int:
@@ -94,12 +103,13 @@ class FixedPointConfig:
         return min(1.0, abs(magnitude) * 2.0 ** (2 * self.frac_bits - RING_BITS))
 
 
-#: Named configurations. ``default`` follows Pond (16 fractional bits); ``precise`` trades range for
-#: resolution, ``wide`` range for resolution.
+#: Named configurations (see the module docstring for each one's range, resolution and truncation failure
+#: probability). ``default`` follows Pond (16 fractional bits); ``precise`` trades range for resolution,
+#: ``wide`` resolution for range.
 PRESETS = {
-    "default": FixedPointConfig(frac_bits=16, int_bits=16),
-    "precise": FixedPointConfig(frac_bits=20, int_bits=12),
-    "wide": FixedPointConfig(frac_bits=12, int_bits=24),
+    "default": FixedPointConfig(frac_bits=16, int_bits=12),
+    "precise": FixedPointConfig(frac_bits=18, int_bits=8),
+    "wide": FixedPointConfig(frac_bits=12, int_bits=20),
 }
 
 
@@ -124,14 +134,39 @@ def _describe_bad_values(x: np.ndarray, bound: float, argument: str) -> str | No
     return None
 
 
-def encode(values, config: FixedPointConfig, *, argument: str = "values") -> tf.Tensor:
-    """Encode real ``values`` (array-like or float tensor) as an int64 ring tensor.
+def _first_index(flags: tf.Tensor) -> tf.Tensor:
+    """The (multi-dimensional) index of the first True of ``flags`` (int64; zeros when there is none)."""
+    flat = tf.reshape(flags, [-1])
+    first = tf.argmax(tf.cast(flat, tf.int8), output_type=tf.int64)
+    return tf.unravel_index(first, tf.shape(flags, out_type=tf.int64))
 
-    Raises :class:`EncodingError` for NaN, Inf, or ``|x| >= 2**int_bits`` eagerly; inside
-    ``tf.function`` the same checks run as graph assertions (``tf.errors.InvalidArgumentError`` whose
-    message names the argument and the bound).
+
+def _device_checks(x: tf.Tensor, bound: float, argument: str):
+    """Counts and first indices of non-finite and out-of-range values, computed where ``x`` lives.
+
+    Only these counts and indices leave the device in an error (never a value: ``x`` may be private)."""
+    nonfinite = tf.logical_not(tf.math.is_finite(x))
+    outside = tf.logical_and(tf.math.is_finite(x), tf.abs(x) >= bound)
+    counts = [tf.reduce_sum(tf.cast(flags, tf.int64)) for flags in (nonfinite, outside)]
+    texts = [
+        f"Cannot encode `{argument}`: it holds NaN or Inf; the first at index",
+        f"Cannot encode `{argument}`: a value is outside the fixed-point range (-{bound:g}, {bound:g}) = "
+        "±2**int_bits; the first at index",
+    ]
+    return [(count, text, flags) for count, text, flags in zip(counts, texts, (nonfinite, outside))]
+
+
+def encode(values, config: FixedPointConfig, *, argument: str = "values") -> tf.Tensor:
+    """Encode real ``values`` (array-like or float tensor) as an int64 ring tensor on the current device.
+
+    NaN, Inf and ``|x| >= 2**int_bits`` raise :class:`EncodingError`. For host data (Python numbers, numpy
+    arrays) the message names the first bad value and its index. For a ``tf.Tensor`` (which may live on a
+    data owner's device) the check runs where the tensor is and only the count and first index of the bad
+    values leave it, never a value: eagerly an :class:`EncodingError`, inside ``tf.function`` a graph
+    assertion (``tf.errors.InvalidArgumentError``) with the same words.
     """
-    if isinstance(values, tf.Tensor) and values.dtype.is_integer and values.dtype != tf.int64:
+    host = not isinstance(values, (tf.Tensor, tf.Variable))
+    if not host and values.dtype.is_integer and values.dtype != tf.int64:
         values = tf.cast(values, tf.float64)
     x = tf.convert_to_tensor(values)
     if not (x.dtype.is_floating or x.dtype.is_integer):
@@ -140,23 +175,21 @@ def encode(values, config: FixedPointConfig, *, argument: str = "values") -> tf.
         )
     x = tf.cast(x, tf.float64)
     bound = config.bound
-    if tf.executing_eagerly():
-        problem = _describe_bad_values(x.numpy(), bound, argument)
+    if tf.executing_eagerly() and host:
+        problem = _describe_bad_values(np.asarray(values, np.float64), bound, argument)
         if problem:
             raise EncodingError(problem)
+    elif tf.executing_eagerly():
+        for count, text, flags in _device_checks(x, bound, argument):
+            if int(count) > 0:
+                index = tuple(int(i) for i in _first_index(flags).numpy())
+                raise EncodingError(f"{text} {index} ({int(count)} such values).")
     else:
         # Plain Assert ops (not assert_all_finite, which colocates with the input instead of honouring
-        # the caller's device scope).
-        max_abs = tf.reduce_max(tf.abs(x))
+        # the caller's device scope); their data are counts and an index, never values.
         checks = [
-            tf.debugging.Assert(
-                tf.reduce_all(tf.math.is_finite(x)),
-                [f"Cannot encode `{argument}`: it holds NaN or Inf; max |x| =", max_abs],
-            ),
-            tf.debugging.Assert(
-                tf.logical_or(tf.equal(tf.size(x), 0), max_abs < bound),
-                [f"Cannot encode `{argument}`: a value is outside the fixed-point range ±{bound:g}; max |x| =", max_abs],
-            ),
+            tf.debugging.Assert(tf.equal(count, 0), [text, _first_index(flags), "count:", count])
+            for count, text, flags in _device_checks(x, bound, argument)
         ]
         with tf.control_dependencies(checks):
             x = tf.identity(x)

@@ -12,6 +12,7 @@ only ever asks a config for a player's device, so it runs unchanged on either.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import re
 from typing import Iterable, Sequence
@@ -65,11 +66,21 @@ class Config(abc.ABC):
             )
         return self._players[name]
 
+    def guard(self) -> "contextlib.AbstractContextManager[Config]":
+        """Context manager around a computation. A multi-host config turns a lost player into a
+        :class:`~tfe_lite.errors.PartyUnavailableError` naming it; in one process there is nothing to lose."""
+        return contextlib.nullcontext(self)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({list(self._players)})"
 
 
 def _validate_names(names: Iterable[str]) -> list[str]:
+    if isinstance(names, (str, bytes)):
+        raise ConfigError(
+            "Received an invalid value for `player_names`, expected a list of names (a bare string would be "
+            f"read as its letters). Received: player_names={names!r}; did you mean [{names!r}]?"
+        )
     result: list[str] = []
     for name in names:
         if not isinstance(name, str) or not _NAME.match(name):

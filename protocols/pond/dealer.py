@@ -228,13 +228,18 @@ class _Pool:
             np.zeros(3, np.int64), device=prot.server0.device, name="pool_index"))
 
     def size(self) -> int:
-        """How many triples were ever stored (used ones included)."""
+        """How many rows the pool holds (used triples included)."""
         return int(tf.shape(self.parts["a0"])[0])
 
     def append(self, triples: list[Triple]) -> None:
+        # Indices handed out while the pool was empty belong to runs that failed; rows for them are filler
+        # that no take reads, so that the new triples get indices no one holds yet.
+        filler = max(0, int(self.index.read_value()) - self.size())
         for name, var in self.parts.items():
             with tf.device(var.device):
-                var.assign(tf.concat([var, tf.stack([getattr(t, name) for t in triples])], axis=0))
+                new = tf.stack([getattr(t, name) for t in triples])
+                pad = tf.zeros([filler, *new.shape[1:]], tf.int64)
+                var.assign(tf.concat([var, pad, new], axis=0))
 
     def take(self, prot) -> Triple:
         taken = {}

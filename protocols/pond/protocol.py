@@ -1,46 +1,23 @@
-"""The Pond protocol: two servers hold additive shares over Z/2^64, a crypto producer deals triples.
+"""The Pond protocol class: players, encoding, dealer and channel, and one thin method per operation.
 
-Pond (Dahl et al., "Private Machine Learning in TensorFlow using Secure Computation", 2018) is secure
-against one semi-honest (honest-but-curious) player among ``server0``, ``server1`` and
-``crypto-producer``: neither server alone learns anything from its shares and the masked values it sees,
-and the producer never sees any share of a private input.
-
-Usage::
-
-    config = tfe_lite.LocalConfig(["alice"])
-    prot = Pond(config)
-    x = prot.share(np.array([2.0]), owner="alice")   # plaintext stays on alice's device
-    y = x * 3.5 + prot.public([1.0])
-    y.reveal(to="alice")                              # decoded on alice's device
-
-Operations and their cost:
-
-* ``+``, ``-``, negation, ``reshape``, ``transpose``, slicing, ``concat``, ``reduce_sum``: local, no
-  traffic (:mod:`.linear`).
-* private x public ``*``, ``@``, ``conv2d``, average pooling: local ring products then local truncation.
-* private x private ``*``, ``@``, ``conv2d``, ``square``: Beaver triples (:mod:`.beaver`), 4 ring products
-  on the servers + 1 by the dealer, one round of opening, then local truncation (:mod:`.truncation`).
-
-The protocol object holds the configuration, the fixed-point settings, the dealer, the players' seed
-streams and the communication channel; operations are dispatched on operand kinds through explicit
-tables.
+See :class:`Pond` (``help(Pond)``) for usage, the operations and their cost, and the ranges that must hold.
+The operations' protocols live in their own modules: :mod:`.linear` (local ops), :mod:`.beaver`
+(products), :mod:`.truncation`, :mod:`.dealer` (correlated randomness), :mod:`.comm` (transfers).
 """
 
 from __future__ import annotations
-
-import numbers
 
 import numpy as np
 import tensorflow as tf
 
 from tfe_lite import prg, ring
 from tfe_lite.devices import eager_serialized
-from tfe_lite.errors import ConfigError, ProtocolError, ShapeError
+from tfe_lite.errors import ConfigError, PlayerError, ProtocolError, ShapeError
 from tfe_lite.fixedpoint import FixedPointConfig, decode, encode
-from tfe_lite.players import CRYPTO_PRODUCER, SERVER0, SERVER1, Config, LocalConfig
+from tfe_lite.players import CRYPTO_PRODUCER, SERVER0, SERVER1, Config, LocalConfig, Player
 from tfe_lite.random import RandomStreams
 
-from . import beaver, linear
+from . import beaver, checks, linear
 from .comm import Channel
 from .dealer import OnlineDealer, PrecomputedDealer, TripleSource, TripleSpec
 from .tensors import PondTensor, PrivateTensor, PublicTensor
@@ -48,30 +25,75 @@ from .truncation import truncate_private, truncate_public
 
 _DEALERS = {"online": OnlineDealer, "precomputed": PrecomputedDealer}
 _PRIV, _PUB = PrivateTensor, PublicTensor
-
-
-def _pair(value, name: str) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
-        return tuple(value)
-    raise ConfigError(f"Received an invalid value for `{name}`, expected a positive int or a pair of them. Received: {name}={value!r}")
-
-
-def _padding(padding: str) -> str:
-    if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
-        raise ConfigError(f"Received an invalid value for `padding`, expected 'SAME' or 'VALID'. Received: padding={padding!r}")
-    return padding.upper()
+#: Where plain values given as operands come from, for the traffic count (the program building the graph).
+DRIVER = Player("driver", "")
 
 
 class Pond:
-    """Pond three-party computation over a :class:`~tfe_lite.players.Config`.
+    """Pond three-party computation: two servers hold additive shares over Z/2^64, a producer deals triples.
+
+    Pond (Dahl et al., "Private Machine Learning in TensorFlow using Secure Computation", 2018) is secure
+    against one semi-honest (honest-but-curious) player among ``server0``, ``server1`` and
+    ``crypto-producer``: neither server alone learns anything from its shares and the masked values it
+    sees, and the producer never sees any share of a private input.
+
+    Usage::
+
+        config = tfe_lite.LocalConfig(["alice", "bob"])
+        prot = Pond(config)
+        x = prot.share(np.array([2.0, 3.0]), owner="alice")   # plaintext stays on alice's device
+        w = prot.share(np.array([5.0, 1.0]), owner="bob")
+        y = (x * w).reduce_sum() * 0.5 + 1.0
+        y.reveal(to="alice").numpy()                          # 7.5, decoded on alice's device
 
     Args:
-        config: the players (default: a :class:`LocalConfig` with the three protocol players).
-        fixedpoint: a :class:`FixedPointConfig` or a preset name (``"default"``: 16 fractional bits).
+        config: the players (default: a :class:`~tfe_lite.LocalConfig` with the three protocol players).
+        fixedpoint: a :class:`~tfe_lite.FixedPointConfig` or a preset name (``"default"``: 16 fractional
+            bits, ``|x| < 2**12``; see :mod:`tfe_lite.fixedpoint` for every preset's range, resolution and
+            truncation failure probability).
         dealer: ``"online"``, ``"precomputed"`` or a :class:`TripleSource` instance.
-        seed: fixes every player's keys, for repeatable tests only (default: keys from ``os.urandom``).
+        seed: fixes every player's keys, for repeatable tests only (default: keys from the OS CSPRNG).
+
+    Operators on Pond tensors: ``+ - *`` (elementwise, numpy broadcasting), ``@`` (matmul), unary ``-``,
+    ``/`` by a public value, ``**`` by a positive integer, indexing ``x[...]`` and iteration over the first
+    axis. A numpy array, Python number or ``tf.Tensor`` on either side is a *public* operand (known to both
+    servers); a ``tf.Tensor`` on a data owner's device is refused (``share`` it, or pass
+    ``prot.public(value)`` to make it public on purpose). There is no ``/`` by a private value and no
+    comparison operator yet.
+
+    Operations and their cost (``n`` elements; 8 bytes a ring element; a seed is 32 bytes):
+
+    ======================================== ================================ ==================================
+    operation                                how                              traffic
+    ======================================== ================================ ==================================
+    ``share(x, owner)``                      owner masks with a fresh seed    32 B to server0, 8n B to server1
+    ``reveal(to=p)``                         both shares to ``p``             16n B
+    ``+ - neg reshape transpose [..]``       local on each share              none
+    ``concat reduce_sum``                    local                            none
+    private x public ``* @ conv2d``          local, then local truncation     none
+    ``avg_pool2d``                           local sums, public ``* 1/count`` none
+    private x private ``*``, ``@``, conv2d   Beaver triple, one round         16 (size x + size y) B online,
+                                                                              64 + 8 size(z) B from the producer
+    ``square``                               square pair, one round           16n B online, 64 + 8n B producer
+    ======================================== ================================ ==================================
+
+    A Beaver product costs 4 ring products on the servers (2 each) and 1 by the producer.
+
+    Ranges that must hold (``f = frac_bits``, ``B = 2**int_bits``):
+
+    * inputs (``share``, ``public``, integer scalars): ``|x| < B``, else :class:`~tfe_lite.EncodingError`;
+    * the result of every operation: ``|z| < B``. Sums (``+``, ``reduce_sum``, the accumulations inside
+      ``@`` and ``conv2d``) wrap modulo 2^64 without notice beyond ``2**(63 - f)``, and products beyond
+      ``2**(63 - 2 f)`` before truncation (``2**31`` for ``f = 16``): ``50000 * 50000`` wraps;
+    * truncation after a product of real value ``z`` fails with probability ``|z| * 2**(2 f - 64)`` per
+      element (``2**-32`` for ``|z| <= 1`` and ``f = 16``; ``2**-margin`` at the bound), giving an error of
+      about ``2**(64 - f)``; otherwise the result is within one unit of ``2**-f`` of the truncated product.
+    * matmul: both operands of the same rank >= 2 and equal leading (batch) dimensions.
+
+    Concurrency: seeds, masks and triples are drawn through atomic counters, so concurrent executions of
+    traced functions never reuse randomness. Eager operations from several threads are safe but run one at
+    a time (TensorFlow's eager runtime mixes up operands across threads on logical devices); for parallel
+    work, trace the computation (``tf.function``) and call it from the threads.
     """
 
     def __init__(self, config: Config | None = None, *, fixedpoint: FixedPointConfig | str = "default",
@@ -79,11 +101,7 @@ class Pond:
         self.config = config if config is not None else LocalConfig()
         if not isinstance(self.config, Config):
             raise ConfigError(f"Received an invalid value for `config`, expected a tfe_lite Config. Received: config={config!r}")
-        if isinstance(fixedpoint, str):
-            fixedpoint = FixedPointConfig.preset(fixedpoint)
-        if not isinstance(fixedpoint, FixedPointConfig):
-            raise ConfigError(f"Received an invalid value for `fixedpoint`, expected a FixedPointConfig or preset name. Received: {fixedpoint!r}")
-        self.fixedpoint = fixedpoint
+        self.fixedpoint = _fixedpoint(fixedpoint)
         self.server0 = self.config.get_player(SERVER0)
         self.server1 = self.config.get_player(SERVER1)
         self.producer = self.config.get_player(CRYPTO_PRODUCER)
@@ -103,14 +121,14 @@ class Pond:
     def __repr__(self) -> str:
         return f"Pond({self.config!r}, fixedpoint={self.fixedpoint}, dealer={type(self.dealer).__name__})"
 
-    # ----------------------------------------------------------------------------------------- inputs
+    # ------------------------------------------------------------------------------ inputs and outputs
     @eager_serialized
     def share(self, values, owner) -> PrivateTensor:
         """Secret-share real ``values`` held by player ``owner``.
 
         Steps: on the owner's device, encode ``x``, draw a fresh seed ``s`` and ``x0 = expand(s)``,
         ``x1 = x - x0``; send ``s`` to server0 (32 bytes), which expands ``x0``, and ``x1`` to server1.
-        The plaintext is never placed on another device.
+        The plaintext is never placed on another device. ``values`` must have a static shape.
         """
         owner = self.config.get_player(owner)
         with tf.device(owner.device):
@@ -128,16 +146,40 @@ class Pond:
 
     @eager_serialized
     def public(self, values) -> PublicTensor:
-        """A public value, encoded by each server (no traffic)."""
+        """A public value known to both servers, encoded by each.
+
+        Numbers and numpy arrays are constants of the computation. A ``tf.Tensor`` of the driving program
+        is copied to both servers (counted as traffic from ``"driver"``); one on a player's device is refused
+        (:class:`~tfe_lite.PlayerError`): a data owner's would hand its plaintext to both servers, a server's
+        may be a share.
+        """
+        if isinstance(values, PondTensor):
+            raise ProtocolError(f"`values` is already a Pond tensor: {values!r}")
+        plain = isinstance(values, (tf.Tensor, tf.Variable))
+        if plain:
+            self._check_plain(values, "values")
         copies = []
         for server in (self.server0, self.server1):
+            value = values
+            if plain:
+                value = self.channel.send(tf.convert_to_tensor(values), DRIVER, server, "public")
             with tf.device(server.device):
-                copies.append(encode(values, self.fixedpoint))
+                copies.append(encode(value, self.fixedpoint))
         return PublicTensor(self, *copies)
 
     @eager_serialized
-    def from_shares(self, share0, share1) -> PrivateTensor:
-        """A private tensor from existing int64 shares (placed on server0 and server1)."""
+    def from_shares(self, share0, share1, *, fixedpoint: FixedPointConfig | str) -> PrivateTensor:
+        """A private tensor from existing int64 shares (placed on server0 and server1).
+
+        Shares do not record how their value is encoded, so ``fixedpoint`` (the config or preset name the
+        shares were made with) is required; it must equal this protocol's.
+        """
+        fixedpoint = _fixedpoint(fixedpoint)
+        if fixedpoint != self.fixedpoint:
+            raise ConfigError(
+                f"Received shares encoded with {fixedpoint}, but this protocol encodes with {self.fixedpoint}: "
+                "their values would decode wrongly. Use a protocol with the same fixed-point config."
+            )
         parts = []
         for name, server, share in (("share0", self.server0, share0), ("share1", self.server1, share1)):
             with tf.device(server.device):
@@ -161,15 +203,37 @@ class Pond:
         with tf.device(receiver.device):
             return decode(s0 + s1, self.fixedpoint, dtype)
 
-    @eager_serialized
     def decode(self, x: tf.Tensor, dtype: tf.DType = tf.float64) -> tf.Tensor:
+        """The real value of an int64 encoding under this protocol's fixed-point config (no communication)."""
         return decode(x, self.fixedpoint, dtype)
 
     def count_communication(self):
-        """Context manager yielding a :class:`~.comm.CommunicationLog` of the transfers made inside it."""
+        """Context manager yielding a :class:`~.comm.CommunicationLog` of the traffic while it is open
+        (eager operations and every execution of traced functions; read it after the block)."""
         return self.channel.count()
 
     # --------------------------------------------------------------------------------------- helpers
+    def _check_plain(self, tensor, name: str) -> None:
+        """Refuse a plain tensor on a player's device as an operand: it would become public.
+
+        A data owner's tensor is plaintext that both servers would receive; a server's may be a share,
+        which the other server must never see. Tensors of the driving program (the host) are public."""
+        device = tf.DeviceSpec.from_string(tensor.device or "")
+        if not device.device_type:
+            return
+        for player in self.config.players:
+            spec = tf.DeviceSpec.from_string(player.device)
+            same_job = device.job is None or spec.job is None or device.job == spec.job
+            if same_job and (device.device_type, device.device_index) == (spec.device_type, spec.device_index):
+                server = player in (self.server0, self.server1)
+                why = "it may be a share, which the other server must never see" if server else "that is its plaintext"
+                raise PlayerError(
+                    f"`{name}` is a tf.Tensor on {player.name}'s device ({tensor.device}): as a public operand it "
+                    f"would be copied to both servers, and {why}. "
+                    f"Share it with prot.share(value, owner={player.name!r}), or copy it to the host first if it is "
+                    "meant to be public."
+                )
+
     def _own(self, value, name: str):
         """``value`` as a tensor of this protocol: Pond tensors are checked, plain values become public."""
         if isinstance(value, PondTensor):
@@ -179,52 +243,55 @@ class Pond:
                     "protocol instances cannot be mixed."
                 )
             return value
+        if isinstance(value, (tf.Tensor, tf.Variable)):
+            self._check_plain(value, name)
         return self.public(value)
-
-    def _dispatch(self, table: dict, op: str, x, y, *extra):
-        x, y = self._own(x, "x"), self._own(y, "y")
-        return table[(type(x), type(y))](self, x, y, *extra)
-
-    @staticmethod
-    def _broadcast(op: str, x, y) -> None:
-        try:
-            tf.broadcast_static_shape(x.shape, y.shape)
-        except ValueError:
-            raise ShapeError(f"Cannot {op} operands of shapes {x.shape} and {y.shape}: they do not broadcast.") from None
 
     # -------------------------------------------------------------------------------------- linear ops
     @eager_serialized
     def add(self, x, y):
         """``x + y``: local (server0 adds a public operand to its share)."""
         x, y = self._own(x, "x"), self._own(y, "y")
-        self._broadcast("add", x, y)
+        checks.broadcast("add", x, y)
         return _ADD[(type(x), type(y))](self, x, y)
 
     @eager_serialized
     def sub(self, x, y):
+        """``x - y``: local."""
         return self.add(x, self.neg(self._own(y, "y")))
 
     @eager_serialized
     def neg(self, x):
+        """``-x``: each server negates its share (local)."""
         return linear.local(self, self._own(x, "x"), tf.negative)
 
     @eager_serialized
     def reduce_sum(self, x, axis=None, keepdims: bool = False):
-        return linear.local(self, self._own(x, "x"), lambda t: tf.reduce_sum(t, axis=axis, keepdims=keepdims))
+        """Sum over ``axis`` (None: all axes) like ``tf.reduce_sum``: local."""
+        x = self._own(x, "x")
+        axis = checks.axis(x.shape, axis, "reduce_sum")
+        return linear.local(self, x, lambda t: tf.reduce_sum(t, axis=axis, keepdims=keepdims))
 
     @eager_serialized
     def reshape(self, x, shape):
+        """``tf.reshape`` of each share (local); ``shape`` may hold one ``-1``."""
         x = self._own(x, "x")
-        _check_reshape(x.shape, shape)
+        shape = checks.reshape(x.shape, shape)
         return linear.local(self, x, lambda t: tf.reshape(t, shape))
 
     @eager_serialized
     def transpose(self, x, perm=None):
-        return linear.local(self, self._own(x, "x"), lambda t: tf.transpose(t, perm))
+        """``tf.transpose`` of each share (local); ``perm`` a permutation of the axes (default: reversed)."""
+        x = self._own(x, "x")
+        perm = checks.transpose(x.shape, perm)
+        return linear.local(self, x, lambda t: tf.transpose(t, perm))
 
     @eager_serialized
     def slice(self, x, index):
-        return linear.local(self, self._own(x, "x"), lambda t: t[index])
+        """``x[index]`` with TensorFlow's indexing rules (ints, slices, ``...``, ``None``): local."""
+        x = self._own(x, "x")
+        checks.slice_shape(x.shape, index)
+        return linear.local(self, x, lambda t: t[index])
 
     @eager_serialized
     def concat(self, values, axis: int = 0):
@@ -251,13 +318,14 @@ class Pond:
     # ------------------------------------------------------------------------------------- products
     @eager_serialized
     def mul(self, x, y):
-        """Elementwise ``x * y`` (broadcasting). Integer Python scalars scale exactly, without truncation."""
-        for a, b in ((x, y), (y, x)):
-            if isinstance(b, numbers.Integral) and not isinstance(b, bool) and isinstance(a, PondTensor):
-                a = self._own(a, "x")
-                return linear.local(self, a, lambda t: t * np.int64(b))
+        """Elementwise ``x * y`` (broadcasting). Integer Python scalars scale exactly, without truncation
+        (they must be encodable: ``|k| < 2**int_bits``)."""
+        for a, b, name in ((x, y, "y"), (y, x, "x")):
+            if checks.is_integer_scalar(b) and isinstance(a, PondTensor):
+                k = checks.integer_scalar(b, self.fixedpoint, name)
+                return linear.local(self, self._own(a, "x"), lambda t: t * np.int64(k))
         x, y = self._own(x, "x"), self._own(y, "y")
-        self._broadcast("multiply", x, y)
+        checks.broadcast("multiply", x, y)
         if x is y and isinstance(x, PrivateTensor):
             return self.square(x)
         spec = TripleSpec("mul", tuple(x.shape), tuple(y.shape))
@@ -273,11 +341,10 @@ class Pond:
 
     @eager_serialized
     def matmul(self, x, y):
-        """``x @ y`` (rank 2, or batched with equal batch dimensions)."""
+        """``x @ y``: both of the same rank >= 2 (batched: equal leading dimensions), ``x.shape[-1] ==
+        y.shape[-2]``."""
         x, y = self._own(x, "x"), self._own(y, "y")
-        if x.rank is None or y.rank is None or x.rank < 2 or x.rank != y.rank or x.shape[-1] != y.shape[-2] \
-                or x.shape[:-2] != y.shape[:-2]:
-            raise ShapeError(f"Cannot matmul operands of shapes {x.shape} and {y.shape}.")
+        checks.matmul(x, y)
         spec = TripleSpec("matmul", tuple(x.shape), tuple(y.shape))
         return _PRODUCT[(type(x), type(y))](self, x, y, spec)
 
@@ -285,14 +352,8 @@ class Pond:
     def conv2d(self, x, filters, strides=1, padding: str = "SAME"):
         """2-D convolution like ``tf.nn.conv2d``: ``x`` is NHWC, ``filters`` ``[kh, kw, C_in, C_out]``."""
         x, filters = self._own(x, "x"), self._own(filters, "filters")
-        strides, padding = _pair(strides, "strides"), _padding(padding)
-        if x.rank != 4 or filters.rank != 4 or x.shape[3] != filters.shape[2]:
-            raise ShapeError(
-                f"conv2d expects x of shape [N, H, W, C] and filters of shape [kh, kw, C, C_out]. "
-                f"Received: x.shape={x.shape}, filters.shape={filters.shape}"
-            )
-        if padding == "VALID" and (x.shape[1] < filters.shape[0] or x.shape[2] < filters.shape[1]):
-            raise ShapeError(f"conv2d with VALID padding needs the input at least as large as the filter. Received: x.shape={x.shape}, filters.shape={filters.shape}")
+        strides, padding = checks.pair(strides, "strides"), checks.padding(padding)
+        checks.conv2d(x, filters, padding)
         spec = TripleSpec("conv2d", tuple(x.shape), tuple(filters.shape), strides, padding)
         return _PRODUCT[(type(x), type(filters))](self, x, filters, spec)
 
@@ -303,15 +364,12 @@ class Pond:
         Window sums are local; the division is a product with the public ``1 / count`` and a truncation.
         """
         x = self._own(x, "x")
-        pool_size = _pair(pool_size, "pool_size")
-        strides = pool_size if strides is None else _pair(strides, "strides")
-        padding = _padding(padding)
-        if x.rank != 4:
-            raise ShapeError(f"avg_pool2d expects x of shape [N, H, W, C]. Received: x.shape={x.shape}")
-        if padding == "VALID" and (x.shape[1] < pool_size[0] or x.shape[2] < pool_size[1]):
-            raise ShapeError(f"avg_pool2d with VALID padding needs the input at least as large as the window. Received: x.shape={x.shape}, pool_size={pool_size}")
+        pool_size = checks.pair(pool_size, "pool_size")
+        strides = pool_size if strides is None else checks.pair(strides, "strides")
+        padding = checks.padding(padding)
+        checks.pool2d("avg_pool2d", x, pool_size, padding)
         sums = linear.local(self, x, lambda t: ring.sum_pool2d(t, pool_size, strides, padding))
-        counts = np.outer(*(_window_counts(n, k, s, padding) for n, k, s in zip(x.shape[1:3], pool_size, strides)))
+        counts = np.outer(*(checks.window_counts(n, k, s, padding) for n, k, s in zip(x.shape[1:3], pool_size, strides)))
         return self.mul(sums, (1.0 / counts)[None, :, :, None])
 
     @eager_serialized
@@ -320,27 +378,38 @@ class Pond:
         x = self._own(x, "x")
         return (truncate_private if isinstance(x, PrivateTensor) else truncate_public)(self, x)
 
+    def div(self, x, y):
+        """``x / y`` for a public divisor ``y`` (a product with ``1 / y``)."""
+        if isinstance(y, PrivateTensor):
+            raise ProtocolError("Division by a private value is not available: only a public divisor is supported.")
+        if isinstance(y, PublicTensor):
+            raise ProtocolError("Division by an encoded public tensor is not available: divide by a number or numpy array.")
+        if isinstance(y, (tf.Tensor, tf.Variable)):
+            self._check_plain(y, "y")
+        return self.mul(x, 1.0 / np.asarray(y, np.float64) if not isinstance(y, (tf.Tensor, tf.Variable))
+                        else 1.0 / tf.cast(y, tf.float64))
 
-def _window_counts(size: int, window: int, stride: int, padding: str) -> np.ndarray:
-    """How many in-bounds elements each output window of one axis covers (TensorFlow's padding rule)."""
-    if padding == "VALID":
-        out = (size - window) // stride + 1
-        return np.full(out, window, np.float64)
-    out = -(-size // stride)
-    pad_before = max((out - 1) * stride + window - size, 0) // 2
-    starts = np.arange(out) * stride - pad_before
-    return (np.minimum(starts + window, size) - np.maximum(starts, 0)).astype(np.float64)
+    def pow(self, x, exponent: int):
+        """``x ** k`` for an integer ``k >= 1``, by repeated squaring (``floor(log2 k)`` squares and at most
+        as many products)."""
+        if not checks.is_integer_scalar(exponent) or exponent < 1:
+            raise ProtocolError(f"Received an invalid exponent, expected an integer >= 1. Received: exponent={exponent!r}")
+        result, base = None, self._own(x, "x")
+        while exponent:
+            if exponent & 1:
+                result = base if result is None else self.mul(result, base)
+            exponent >>= 1
+            if exponent:
+                base = self.square(base)
+        return result
 
 
-def _check_reshape(shape: tf.TensorShape, target) -> None:
-    target = [int(d) for d in target]
-    size = shape.num_elements()
-    known = int(np.prod([d for d in target if d != -1]))
-    unknown = target.count(-1)
-    ok = unknown <= 1 and all(d >= -1 for d in target) and (
-        (unknown == 0 and known == size) or (unknown == 1 and known > 0 and size % known == 0) or (unknown == 1 and size == 0))
-    if not ok:
-        raise ShapeError(f"Cannot reshape a tensor of shape {shape} ({size} elements) to {target}.")
+def _fixedpoint(value) -> FixedPointConfig:
+    if isinstance(value, str):
+        value = FixedPointConfig.preset(value)
+    if not isinstance(value, FixedPointConfig):
+        raise ConfigError(f"Received an invalid value for `fixedpoint`, expected a FixedPointConfig or preset name. Received: fixedpoint={value!r}")
+    return value
 
 
 def _product_private_private(prot, x, y, spec):

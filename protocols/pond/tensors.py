@@ -12,9 +12,16 @@ import tensorflow as tf
 
 
 class PondTensor:
-    """Operators shared by public and private tensors; each forwards to ``self.protocol``."""
+    """Operators shared by public and private tensors; each forwards to ``self.protocol``.
+
+    ``+ - * @ / **``, unary ``-``, ``x[index]`` and iteration over the first axis. A numpy array, Python
+    number or host ``tf.Tensor`` on either side is a public operand. There are no comparison operators.
+    """
 
     protocol = None  # set by subclasses
+    # numpy must not broadcast its operators over a Pond tensor (an object array of products): with
+    # ``__array_ufunc__ = None`` ``ndarray * pond`` returns NotImplemented and Python calls ``__rmul__``.
+    __array_ufunc__ = None
 
     @property
     def shape(self) -> tf.TensorShape:
@@ -48,11 +55,29 @@ class PondTensor:
     def __rmatmul__(self, other):
         return self.protocol.matmul(other, self)
 
+    def __truediv__(self, other):
+        return self.protocol.div(self, other)
+
+    def __rtruediv__(self, other):
+        raise TypeError("Division by a Pond tensor is not available: only a public divisor is supported.")
+
+    def __pow__(self, exponent):
+        return self.protocol.pow(self, exponent)
+
     def __neg__(self):
         return self.protocol.neg(self)
 
     def __getitem__(self, index):
         return self.protocol.slice(self, index)
+
+    def __len__(self) -> int:
+        if self.rank is None or self.rank == 0:
+            raise TypeError(f"len() of a Pond tensor of shape {self.shape} is undefined (rank 0 or unknown).")
+        return int(self.shape[0])
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
 
     def __bool__(self):
         raise TypeError("The truth value of a Pond tensor is secret or undefined; reveal it first.")

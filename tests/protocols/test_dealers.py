@@ -1,5 +1,7 @@
 """Contract tests every triple dealer passes, and the precomputed dealer's own behaviour."""
 
+import collections
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -124,3 +126,125 @@ def test_a_dealer_serves_one_protocol(config):
     Pond(config, dealer=dealer)
     with pytest.raises(tfe_lite.ConfigError, match="already bound"):
         Pond(config, dealer=dealer)
+
+
+def test_precompute_for_a_tf_function_uses_the_pool_and_never_zero_triples(config):
+    """Issue 8 item 1: planning swapped in a recorder of all-zero triples, and a tf.function traced during
+    the plan kept them: every later call opened e = x - 0 (both servers saw both inputs) and the pool was
+    never used."""
+    dealer = PrecomputedDealer()
+    prot = Pond(config, dealer=dealer, seed=21)
+    opened = []
+    send = prot.channel.send
+
+    def spy(tensor, src, dst, what):
+        out = send(tensor, src, dst, what)
+        if what == "open_e" and dst.name == "server1":
+            opened.append(out)
+        return out
+
+    prot.channel.send = spy
+
+    @tf.function
+    def model(x, y):
+        opened.clear()
+        z = prot.share(x, "alice") * prot.share(y, "bob")
+        return z.reveal(to="alice"), opened[0]
+
+    x, y = tf.constant([1.5, -2.0, 3.0], tf.float64), tf.constant([2.0, 4.0, -1.0], tf.float64)
+    assert prot.dealer is dealer
+    made = dealer.precompute_for(model, x, y, runs=3)
+    spec = TripleSpec("mul", (3,), (3,))
+    assert made == {spec: 3} and dealer.remaining(spec) == 3
+    encoded = np.round(x.numpy() * prot.fixedpoint.scale).astype(np.int64)
+    for run in range(3):
+        z, e = model(x, y)
+        np.testing.assert_allclose(z.numpy(), x.numpy() * y.numpy(), atol=1e-3)
+        assert not np.any(e.numpy() == encoded), "an opened value equals the input: the triple was zero"
+        assert dealer.remaining(spec) == 2 - run
+    with pytest.raises(tf.errors.InvalidArgumentError, match="no mul.*triple left"):
+        model(x, y)
+
+
+def test_plan_does_not_change_the_dealer_other_code_sees(config):
+    dealer = PrecomputedDealer()
+    prot = Pond(config, dealer=dealer, seed=22)
+    seen = []
+
+    def fn(x):
+        seen.append(prot.dealer)
+        return (prot.share(x, "alice") @ prot.share(np.ones((2, 2)), "bob")).reveal(to="alice")
+
+    assert dealer.plan(fn, tf.ones([1, 2], tf.float64)) == [TripleSpec("matmul", (1, 2), (2, 2))]
+    assert seen == [dealer]
+
+
+def test_plan_counts_nested_functions_and_refuses_loops(config):
+    dealer = PrecomputedDealer()
+    prot = Pond(config, dealer=dealer, seed=23)
+    inner = tf.function(lambda a: a * a)
+
+    def nested(x):
+        a = prot.share(x, "alice")
+        return inner(a.share0), (a * a).reveal(to="alice")
+
+    def twice(x):
+        a = prot.share(x, "alice")
+        return ((a * prot.share(x, "bob")) * a).reveal(to="alice")
+
+    assert collections.Counter(dealer.plan(twice, tf.ones([4], tf.float64))) == {TripleSpec("mul", (4,), (4,)): 2}
+    assert dealer.plan(nested, tf.ones([4], tf.float64)) == [TripleSpec("square", (4,))]
+
+    def loop(x):
+        a = prot.share(x, "alice")
+        return tf.while_loop(lambda i, s: i < 3, lambda i, s: (i + 1, (prot.from_shares(s, a.share1, fixedpoint=prot.fixedpoint) * a).share0),
+                             (0, a.share0))
+
+    with pytest.raises(tfe_lite.ConfigError, match="loop"):
+        dealer.plan(loop, tf.ones([4], tf.float64))
+
+
+def test_pools_are_resolved_at_run_time(config):
+    """Issue 8 item 4: a traced function kept reading the pool that existed when it was traced, and
+    remaining() went wrong (negative) after failed runs."""
+    dealer = PrecomputedDealer()
+    prot = Pond(config, dealer=dealer, seed=24)
+    spec = TripleSpec("mul", (2,), (2,))
+
+    @tf.function
+    def product(x):
+        return (prot.share(x, "alice") * prot.share(x, "bob")).reveal(to="alice")
+
+    x = tf.constant([1.5, 2.0], tf.float64)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="no mul.*triple left"):
+        product(x)  # traced before any triple exists
+    assert dealer.remaining(spec) == 0
+    dealer.precompute(spec, 1)
+    np.testing.assert_allclose(product(x).numpy(), [2.25, 4.0], atol=1e-3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="no mul.*triple left"):
+        product(x)
+    assert dealer.remaining(spec) == 0
+    dealer.precompute(spec, 2)  # a second batch, made after the trace: the same trace uses it
+    assert dealer.remaining(spec) == 2
+    np.testing.assert_allclose(product(x).numpy(), [2.25, 4.0], atol=1e-3)
+    assert dealer.remaining(spec) == 1
+    assert product.experimental_get_tracing_count() == 1
+
+
+def test_a_failed_run_does_not_put_the_servers_out_of_step(config):
+    """Issue 8 item 2: each server advanced its own counter; a run failing between the two increments left
+    server0 on triple i and server1 on j, and every later product was garbage."""
+    dealer = PrecomputedDealer()
+    prot = Pond(config, dealer=dealer, seed=25)
+    spec = TripleSpec("mul", (2,), (2,))
+    dealer.precompute(spec, 6)
+
+    @tf.function
+    def product(x, y):
+        return (prot.share(x, "alice") * prot.share(y, "bob")).reveal(to="alice")
+
+    good = tf.constant([1.5, 1.5], tf.float64)
+    for bad in (tf.constant([1e9, 1.0], tf.float64), tf.constant([np.nan, 1.0], tf.float64)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="Cannot encode"):
+            product(good, bad)
+        np.testing.assert_allclose(product(good, tf.constant([2.0, -2.0], tf.float64)).numpy(), [3.0, -3.0], atol=1e-3)

@@ -11,8 +11,8 @@ from tfe_lite.protocols import Pond
 @pytest.mark.parametrize("bad,match", [
     (np.array([1.0, np.nan]), "non-finite value nan at index \\(1,\\)"),
     (np.array([np.inf]), "non-finite value inf"),
-    (np.array([[0.0, 70000.0]]), "value 70000.0 at index \\(0, 1\\) is outside the fixed-point range \\(-65536, 65536\\)"),
-    (-65536.0, "outside the fixed-point range"),
+    (np.array([[0.0, 5000.0]]), "value 5000.0 at index \\(0, 1\\) is outside the fixed-point range \\(-4096, 4096\\)"),
+    (-4096.0, "outside the fixed-point range"),
 ])
 def test_unencodable_inputs(prot, bad, match):
     with pytest.raises(tfe_lite.EncodingError, match=match):
