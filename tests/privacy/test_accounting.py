@@ -34,7 +34,7 @@ def test_poisson_equals_dp_accounting_composed_directly(accountant):
         dp_accounting.PoissonSampledDpEvent(B / N, dp_accounting.GaussianDpEvent(SIGMA)), steps
     )
     got = compute_epsilon(num_examples=N, batch_size=B, noise_multiplier=SIGMA, delta=DELTA, steps=steps,
-                          accountant=accountant)
+                          sampling="poisson", accountant=accountant)
     assert got == pytest.approx(_direct(event, accountant), rel=1e-12)
 
 
@@ -49,33 +49,50 @@ def test_shuffle_is_the_unamplified_composition_over_epochs(accountant):
                                steps=2 * math.ceil(N / B) + 1, sampling="shuffle", accountant=accountant)
     assert by_steps == got
     poisson = compute_epsilon(num_examples=N, batch_size=B, noise_multiplier=SIGMA, delta=DELTA, epochs=2.5,
-                              accountant=accountant)
+                              sampling="poisson", accountant=accountant)
     assert poisson < got
 
 
-def test_epochs_become_steps_like_tf_privacy():
+def test_default_is_the_bound_for_fit_on_arrays():
+    # Issue 9: fit(x, y, batch_size=256, epochs=5) on 60,000 arrays, then compute_epsilon with its defaults.
+    kwargs = dict(num_examples=N, batch_size=B, noise_multiplier=SIGMA, delta=DELTA, epochs=5)
+    shuffled = _direct(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(SIGMA), 5), "rdp")
+    assert compute_epsilon(**kwargs) == pytest.approx(shuffled, rel=1e-12)
+    assert compute_epsilon(**kwargs) == pytest.approx(10.94, abs=5e-3)
+    assert compute_epsilon(sampling="poisson", **kwargs) < 1  # only when asked for
+    assert "Shuffled" in privacy_statement(**kwargs) and "Poisson row is NOT a bound" in privacy_statement(**kwargs)
+    assert compute_noise_multiplier(target_epsilon=3.0, **{k: v for k, v in kwargs.items() if k != "noise_multiplier"}) \
+        == compute_noise_multiplier(target_epsilon=3.0, sampling="shuffle", num_examples=N, batch_size=B,
+                                    delta=DELTA, epochs=5)
+
+
+def test_epochs_become_steps_like_keras():
     # 3 epochs of 4000 examples in batches of 32 is 375 steps, despite 3 / (32 / 4000) = 375.00000000000006.
-    kwargs = dict(num_examples=4000, batch_size=32, noise_multiplier=1.0, delta=1e-5)
+    kwargs = dict(num_examples=4000, batch_size=32, noise_multiplier=1.0, delta=1e-5, sampling="poisson")
     assert compute_epsilon(epochs=3, **kwargs) == compute_epsilon(steps=375, **kwargs)
     assert compute_epsilon(epochs=2.9, **kwargs) == compute_epsilon(steps=363, **kwargs)
+    # Keras takes ceil(60000 / 256) = 235 steps per epoch: 5 epochs are 1175 steps (not 5 * 60000 / 256).
+    kwargs = dict(num_examples=60000, batch_size=256, noise_multiplier=1.1, delta=1e-5, sampling="poisson")
+    assert compute_epsilon(epochs=5, **kwargs) == compute_epsilon(steps=1175, **kwargs)
+    assert "5 epochs (1175 steps)" in privacy_statement(epochs=5, **kwargs)
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "pld"])
 @pytest.mark.parametrize("microbatching", [False, True])
 def test_matches_tf_privacy_statement(accountant, microbatching):
     lib = _tf_privacy_lib()
-    epochs = 15  # 15 / (256 / 60000) = 3515.625 -> 3516 steps in both libraries
+    epochs = 15  # TF Privacy: 15 / (256 / 60000) = 3515.625 -> 3516 steps (Keras takes 235 x 15 = 3525)
     statement = lib.compute_dp_sgd_privacy_statement(
         number_of_examples=N, batch_size=B, num_epochs=epochs, noise_multiplier=SIGMA, delta=DELTA,
         used_microbatching=microbatching, accountant_type=lib.AccountantType[accountant.upper()],
     )
     once_per_epoch = float(re.search(r"once per epoch:\s+([0-9.]+)", statement).group(1))
     poisson = float(re.search(r"Poisson sampling \(\*\):\s+([0-9.]+)", statement).group(1))
-    kwargs = dict(num_examples=N, batch_size=B, noise_multiplier=SIGMA, delta=DELTA, epochs=epochs,
+    kwargs = dict(num_examples=N, batch_size=B, noise_multiplier=SIGMA, delta=DELTA,
                   accountant=accountant, microbatching=microbatching)
     # TF Privacy prints three decimals.
-    assert compute_epsilon(sampling="poisson", **kwargs) == pytest.approx(poisson, abs=5e-4)
-    assert compute_epsilon(sampling="shuffle", **kwargs) == pytest.approx(once_per_epoch, abs=5e-4)
+    assert compute_epsilon(sampling="poisson", steps=3516, **kwargs) == pytest.approx(poisson, abs=5e-4)
+    assert compute_epsilon(sampling="shuffle", epochs=epochs, **kwargs) == pytest.approx(once_per_epoch, abs=5e-4)
 
 
 def test_no_noise_is_no_privacy():
@@ -90,7 +107,7 @@ def test_no_noise_is_no_privacy():
     batch_size=st.integers(1, 1000),
 )
 def test_epsilon_grows_with_steps_and_shrinks_with_noise(sigma, steps, batch_size):
-    kwargs = dict(num_examples=1000, batch_size=batch_size, delta=1e-5)
+    kwargs = dict(num_examples=1000, batch_size=batch_size, delta=1e-5, sampling="poisson")
     eps = compute_epsilon(noise_multiplier=sigma, steps=steps, **kwargs)
     assert 0 < eps < math.inf
     assert compute_epsilon(noise_multiplier=sigma, steps=steps + 100, **kwargs) >= eps
@@ -110,7 +127,7 @@ def test_noise_multiplier_is_the_inverse_rdp(target, sampling):
 
 
 def test_noise_multiplier_is_the_inverse_pld():
-    kwargs = dict(num_examples=4000, batch_size=64, delta=1e-5, epochs=2, accountant="pld")
+    kwargs = dict(num_examples=4000, batch_size=64, delta=1e-5, epochs=2, accountant="pld", sampling="poisson")
     sigma = compute_noise_multiplier(target_epsilon=2.0, **kwargs)
     eps = compute_epsilon(noise_multiplier=sigma, **kwargs)
     assert 2.0 * (1 - 1e-3) <= eps <= 2.0
@@ -119,7 +136,7 @@ def test_noise_multiplier_is_the_inverse_pld():
 
 
 def test_microbatching_doubles_sensitivity():
-    kwargs = dict(num_examples=N, batch_size=B, delta=DELTA, steps=1000)
+    kwargs = dict(num_examples=N, batch_size=B, delta=DELTA, steps=1000, sampling="poisson")
     assert compute_epsilon(noise_multiplier=2 * SIGMA, microbatching=True, **kwargs) == pytest.approx(
         compute_epsilon(noise_multiplier=SIGMA, **kwargs))
     sigma = compute_noise_multiplier(target_epsilon=2.0, microbatching=True, **kwargs)
@@ -127,9 +144,13 @@ def test_microbatching_doubles_sensitivity():
 
 
 def test_dp_sgd_event_is_what_is_accounted():
-    event = accounting.dp_sgd_event(num_examples=N, batch_size=B, noise_multiplier=SIGMA, steps=10)
+    event = accounting.dp_sgd_event(num_examples=N, batch_size=B, noise_multiplier=SIGMA, steps=10,
+                                    sampling="poisson")
     assert event == dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(B / N, dp_accounting.GaussianDpEvent(SIGMA)), 10)
+    # The default: 10 steps of 235 per epoch are within one epoch, one Gaussian mechanism.
+    assert accounting.dp_sgd_event(num_examples=N, batch_size=B, noise_multiplier=SIGMA, steps=10) == \
+        dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(SIGMA), 1)
 
 
 @pytest.mark.parametrize("sampling", ["poisson", "shuffle"])

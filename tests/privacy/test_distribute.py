@@ -1,7 +1,9 @@
 """DP-SGD under tf.distribute.MirroredStrategy on logical CPU devices (configured in tests/conftest.py).
 
 Replicated DP-SGD must equal single-device DP-SGD on the global batch: each example clipped once, the clipped
-sum over all replicas noised once, divided by the global batch size.
+sum over all replicas noised once, divided by the global batch size. Every entry point that trains is held to
+it: ``fit``, ``train_on_batch`` (Keras gives every replica the whole batch), and custom loops that call
+``strategy.run(model.train_step, ...)`` with a plain batch or with a distributed dataset's element.
 """
 
 import json
@@ -57,9 +59,27 @@ def _clipped_mean(model, x, y, clip):
     return (grads * np.minimum(1.0, clip / norms)[:, None]).sum(0) / len(x)
 
 
-def _fit_one_batch(model, x, y):
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(len(x))
-    model.fit(data, epochs=1, verbose=0, shuffle=False)
+ENTRIES = ["fit", "train_on_batch", "train_step", "train_step_distributed"]
+
+
+def _fit_one_batch(model, x, y, entry="fit", strategy=None):
+    """One DP-SGD step on the batch ``(x, y)`` through ``entry``."""
+    if entry == "fit":
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(len(x))
+        model.fit(data, epochs=1, verbose=0, shuffle=False)
+        return
+    if entry == "train_on_batch":
+        model.train_on_batch(x, y)
+        return
+    strategy = strategy or tf.distribute.get_strategy()
+    if not model.optimizer.built:
+        with strategy.scope():
+            model.optimizer.build(model.trainable_variables)
+    batch = (tf.constant(x), tf.constant(y))
+    if entry == "train_step_distributed":
+        dataset = tf.data.Dataset.from_tensor_slices(batch).batch(len(x))
+        batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
+    tf.function(lambda b: strategy.run(model.train_step, args=(b,)))(batch)
 
 
 def _assert_replicas_agree(strategy, model):
@@ -69,11 +89,12 @@ def _assert_replicas_agree(strategy, model):
             np.testing.assert_array_equal(value, values[0])
 
 
+@pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize(
     "method, replicas, batch",
     [("ghost", 2, 8), ("vectorized", 2, 8), ("ghost", 4, 6), ("vectorized", 3, 2)],  # uneven, empty replica
 )
-def test_mirrored_equals_single_device(method, replicas, batch):
+def test_mirrored_equals_single_device(method, replicas, batch, entry):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(batch, 4)).astype("float32")
     y = (3 * rng.normal(size=(batch, 3))).astype("float32")
@@ -83,9 +104,10 @@ def test_mirrored_equals_single_device(method, replicas, batch):
         model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
     expected = _clipped_mean(model.inner, x, y, 0.4)
     before = _weights(model)
-    _fit_one_batch(model, x, y)
+    _fit_one_batch(model, x, y, entry, strategy)
     np.testing.assert_allclose(_update(before, _weights(model)), expected, rtol=1e-5, atol=1e-7)
     _assert_replicas_agree(strategy, model)
+    assert model.steps_taken == 1
 
 
 # Adaptive clipping with a frozen clip; the count's noise multiplier 2 * 4.0 takes a share of the total 2.0.
@@ -93,7 +115,7 @@ ADAPTIVE = {"learning_rate": 0.0, "expected_num_records": 8, "clipped_count_stdd
 SUM_NOISE = {False: 2.0, True: (2.0**-2 - 8.0**-2) ** -0.5}  # the gradient sum's noise multiplier
 
 
-def _noise_std(strategy, adaptive, units=64, batch=8, steps=2):
+def _noise_std(strategy, adaptive, units=64, batch=8, steps=2, entry="fit"):
     """Empirical std of the update when every gradient is zero (zero inputs, no bias)."""
     with strategy.scope():
         keras.utils.set_random_seed(2)
@@ -110,15 +132,18 @@ def _noise_std(strategy, adaptive, units=64, batch=8, steps=2):
     samples = []
     for _ in range(steps):
         before = _weights(model)
-        _fit_one_batch(model, x, y)
+        _fit_one_batch(model, x, y, entry, strategy)
         samples.append(_update(before, _weights(model)))
         _assert_replicas_agree(strategy, model)
     return np.concatenate(samples)
 
 
+@pytest.mark.parametrize(
+    "entry, replicas", [(e, 2) for e in ENTRIES] + [("train_on_batch", 4), ("train_step", 3)]
+)
 @pytest.mark.parametrize("adaptive", [False, True], ids=["fixed_clip", "adaptive_clip"])
-def test_mirrored_adds_noise_once_per_global_batch(adaptive):
-    sample = _noise_std(_strategy(2), adaptive)
+def test_mirrored_adds_noise_once_per_global_batch(adaptive, entry, replicas):
+    sample = _noise_std(_strategy(replicas), adaptive, entry=entry)
     # The sum's noise multiplier * clip / global batch; noise per replica would give sqrt(2) x.
     expected = SUM_NOISE[adaptive] * 0.5 / 8
     n = sample.size

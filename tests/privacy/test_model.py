@@ -318,7 +318,8 @@ def test_dp_event_matches_the_query():
     steps = dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(40 / 1000, actual), 500)
     epsilon = dp_accounting.rdp.RdpAccountant().compose(steps).get_epsilon(1e-5)
     assert epsilon == pytest.approx(
-        compute_epsilon(num_examples=1000, batch_size=40, noise_multiplier=1.3, steps=500, delta=1e-5), rel=1e-9
+        compute_epsilon(num_examples=1000, batch_size=40, noise_multiplier=1.3, steps=500, delta=1e-5,
+                        sampling="poisson"), rel=1e-9
     )
     # A count noisier than the sum leaves it no share of the budget: refused, naming the argument.
     with pytest.raises(ConfigError, match="clipped_count_stddev.*more than noise_multiplier / 2 = 0.65"):

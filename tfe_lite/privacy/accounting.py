@@ -3,26 +3,29 @@
 A DP-SGD run is described by the number of training examples ``n``, the (expected) batch size ``B``, the
 noise multiplier ``sigma`` and its length (``epochs`` or ``steps``). The guarantee is example-level
 ``(epsilon, delta)``-DP under add-or-remove-one adjacency and covers every intermediate model, not only
-the final one. Two data orders are supported, and they are analysed differently:
+the final one. An epoch is ``ceil(n / B)`` steps, as Keras ``fit`` (and :func:`poisson_batches`) take them.
 
-``sampling="poisson"``
-    Every step includes each example independently with probability ``q = B / n`` (the pipeline of
-    :func:`tfe_lite.privacy.sampling.poisson_batches`). One step is a ``PoissonSampledDpEvent(q,
-    GaussianDpEvent(sigma))``; a run is that event self-composed ``steps`` times, with
-    ``steps = ceil(epochs * n / B)``. This is the analysis of Abadi et al. (2016) and a proven bound *for
-    Poisson-sampled batches*.
+A model made by :func:`tfe_lite.privacy.make_private` accounts for itself: ``dp_model.privacy_spent(delta)``
+composes the steps it actually trained with the sampling they actually used (:mod:`tfe_lite.privacy.ledger`).
+The functions here plan a run before it happens. Two data orders are supported, and analysed differently:
 
-``sampling="shuffle"``
-    The data are shuffled and cut into fixed-size batches, each example once per epoch (Keras's
-    ``fit(shuffle=True)``). ``dp_accounting`` has no accountant for shuffled batches and none is known
+``sampling="shuffle"`` (the default)
+    The data are cut into disjoint fixed-size batches, each example once per epoch: what Keras ``fit`` does
+    with arrays (shuffled or not). ``dp_accounting`` has no accountant for shuffled batches and none is known
     that is both tight and proven. We therefore report the bound that *is* proven: within one epoch the
     batches are disjoint, so one epoch costs at most one Gaussian mechanism with noise multiplier
     ``sigma`` (no amplification by sampling), and ``ceil(epochs)`` epochs compose. With ``steps``, the
-    number of epochs is ``ceil(steps / ceil(n / B))`` (Keras's batches per epoch). This is much larger
-    than the Poisson number; the common practice of quoting the Poisson number for shuffled data is an
-    assumption, not a bound, and shuffling can be measurably less private than that number claims
-    (Chua et al., "How Private are DP-SGD Implementations?", ICML 2024). :func:`privacy_statement`
-    prints both so the difference is visible.
+    number of epochs is ``ceil(steps / ceil(n / B))``. This is much larger than the Poisson number; the
+    common practice of quoting the Poisson number for shuffled data is an assumption, not a bound, and
+    shuffling can be measurably less private than that number claims (Chua et al., "How Private are DP-SGD
+    Implementations?", ICML 2024). :func:`privacy_statement` prints both so the difference is visible.
+
+``sampling="poisson"`` (only when asked for)
+    Every step includes each example independently with probability ``q = B / n`` (the pipeline of
+    :func:`tfe_lite.privacy.sampling.poisson_batches`, with ``make_private(expected_batch_size=B)``). One
+    step is a ``PoissonSampledDpEvent(q, GaussianDpEvent(sigma))``; a run is that event self-composed
+    ``steps`` times. This is the analysis of Abadi et al. (2016) and a proven bound *for Poisson-sampled
+    batches* only.
 
 ``microbatching=True`` says that microbatches held more than one example: a microbatch's clipped mean
 gradient then changes by up to twice the clip norm when one example is added or removed, so the
@@ -42,6 +45,8 @@ import dp_accounting
 from tfe_lite.errors import ConfigError
 
 SAMPLINGS = ("poisson", "shuffle")
+#: The sampling assumed unless another is asked for: the bound for Keras ``fit`` on arrays.
+DEFAULT_SAMPLING = "shuffle"
 ACCOUNTANTS = ("rdp", "pld")
 
 # Relative gap between the lower and upper end of the noise-multiplier bracket at which the
@@ -150,8 +155,9 @@ def _check_accountant(problems: list[str], accountant) -> None:
 
 def _make_schedule(*, num_examples, batch_size, noise_multiplier, epochs, steps, sampling, microbatching):
     if steps is None:
-        # The small guard keeps e.g. epochs=3, n=4000, B=32 at 375 steps despite float rounding.
-        steps = max(1, math.ceil(epochs * num_examples / batch_size - 1e-9))
+        # Keras's ceil(n / B) steps per epoch; the small guard keeps e.g. 2.9 epochs of 125 steps at 363
+        # despite float rounding.
+        steps = max(1, math.ceil(epochs * math.ceil(num_examples / batch_size) - 1e-9))
     return _Schedule(
         num_examples=int(num_examples),
         batch_size=float(batch_size),
@@ -195,7 +201,7 @@ def dp_sgd_event(
     noise_multiplier: float,
     epochs: float | None = None,
     steps: int | None = None,
-    sampling: str = "poisson",
+    sampling: str = DEFAULT_SAMPLING,
     microbatching: bool = False,
 ) -> dp_accounting.DpEvent:
     """The ``dp_accounting`` event that :func:`compute_epsilon` accounts for (see the module docstring)."""
@@ -217,7 +223,7 @@ def compute_epsilon(
     delta: float,
     epochs: float | None = None,
     steps: int | None = None,
-    sampling: str = "poisson",
+    sampling: str = DEFAULT_SAMPLING,
     accountant: str = "rdp",
     microbatching: bool = False,
 ) -> float:
@@ -228,9 +234,11 @@ def compute_epsilon(
         batch_size: Batch size; the *expected* batch size ``q * n`` for Poisson sampling.
         noise_multiplier: Noise standard deviation over the clip norm. ``0`` gives ``inf``.
         delta: Target delta, in (0, 1); usually below ``1 / num_examples``.
-        epochs: Passes over the data (may be fractional). Exactly one of ``epochs`` and ``steps``.
+        epochs: Passes over the data (may be fractional), ``ceil(num_examples / batch_size)`` steps each.
+            Exactly one of ``epochs`` and ``steps``.
         steps: Optimizer steps taken.
-        sampling: ``"poisson"`` or ``"shuffle"``; see the module docstring for what each assumes.
+        sampling: ``"shuffle"`` (default: disjoint fixed-size batches, as ``fit`` on arrays) or ``"poisson"``
+            (batches from :func:`poisson_batches`); see the module docstring for what each assumes.
         accountant: ``"rdp"`` (Renyi DP, fast, looser) or ``"pld"`` (privacy loss distributions with
             pessimistic discretization, tighter, slower).
         microbatching: Whether microbatches held more than one example (doubles the sensitivity).
@@ -308,7 +316,7 @@ def compute_noise_multiplier(
     delta: float,
     epochs: float | None = None,
     steps: int | None = None,
-    sampling: str = "poisson",
+    sampling: str = DEFAULT_SAMPLING,
     accountant: str = "rdp",
     microbatching: bool = False,
 ) -> float:
@@ -375,7 +383,7 @@ def privacy_statement(
     delta: float,
     epochs: float | None = None,
     steps: int | None = None,
-    sampling: str = "poisson",
+    sampling: str = DEFAULT_SAMPLING,
     microbatching: bool = False,
 ) -> str:
     """A plain-words report of the guarantee, with both accountants and both data-order analyses.

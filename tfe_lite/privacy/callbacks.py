@@ -1,8 +1,9 @@
-"""A Keras callback that tracks the privacy spent by DP-SGD and stops training at a budget."""
+"""A Keras callback that shows the privacy a DP model has spent and stops its training at a budget."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import keras
 
@@ -11,84 +12,123 @@ from tfe_lite.privacy import accounting
 
 
 class PrivacyBudgetCallback(keras.callbacks.Callback):
-    """Logs the epsilon spent so far as ``logs["epsilon"]`` and stops before a budget is exceeded.
+    """Logs the model's epsilon as ``logs["epsilon"]`` every epoch and stops before a budget is exceeded.
 
-    The callback counts the optimizer steps ``fit`` actually took (across several ``fit`` calls with the
-    same callback, since they all spend the same data's budget) and, at the end of every epoch, writes
-    ``compute_epsilon(steps=...)`` into the epoch logs, where the progress bar and ``History`` show it.
+    The callback asks the model: a :class:`tfe_lite.privacy.DPModel` records every step it trains and how
+    its batches were drawn (:mod:`tfe_lite.privacy.ledger`), across ``fit`` calls and save/load, so the
+    epsilon shown is ``model.privacy_spent(delta, accountant)``: the steps and sampling that ran, with the
+    model's noise multiplier.
 
-    With ``max_epsilon``, the callback works out once (at the start of training) the largest number of
-    steps whose epsilon stays within the budget, and sets ``model.stop_training`` after the last batch
-    that fits: the run ends mid-epoch if need be, and never exceeds ``max_epsilon``. With
-    ``steps_per_execution = k`` it stops when the next ``k`` steps would not fit.
+    With ``max_epsilon``, the callback works out at the start of every ``fit`` the most steps of this fit
+    whose epsilon, composed with everything the model trained before, stays within the budget, and sets
+    ``model.stop_training`` after the last batch that fits: the run ends mid-epoch if need be and never
+    exceeds ``max_epsilon``. With ``steps_per_execution = k`` it stops when the next ``k`` steps would not
+    fit. A ``fit`` on a model whose budget is already spent is refused.
 
     Args:
-        num_examples: Training examples.
-        batch_size: The (expected, for Poisson sampling) batch size.
-        noise_multiplier: The noise multiplier the DP optimizer uses.
         delta: Target delta in (0, 1).
-        sampling: ``"poisson"`` or ``"shuffle"``: the data order ``fit`` is given (see
-            :mod:`tfe_lite.privacy.accounting` for what each assumes).
-        accountant: ``"rdp"`` or ``"pld"``.
         max_epsilon: The budget, or None to only log.
-        microbatching: Whether microbatches held more than one example.
+        accountant: ``"rdp"`` or ``"pld"``.
         verbose: 1 prints a line when the budget stops training.
+        num_examples, batch_size, noise_multiplier, sampling, microbatching: optional; what the caller
+            believes the training uses. Each one given is checked against the model and its ``fit`` data
+            when training starts, and a mismatch is an error (the callback never accounts with its own
+            copy of them).
 
     Attributes:
-        steps: Optimizer steps counted so far.
-        epsilon: Epsilon after those steps (0 before training).
-        max_steps: Steps the budget allows (None without ``max_epsilon``, until training starts).
+        steps: Steps the model has trained in all, as of the last batch.
+        epsilon: Epsilon after those steps, as of the last epoch end (0 before training).
+        max_steps: The step count (in all) the budget allows in the running fit (None without
+            ``max_epsilon``, until training starts).
     """
 
     def __init__(
         self,
-        num_examples: int,
-        batch_size: float,
-        noise_multiplier: float,
         delta: float,
         *,
-        sampling: str = "poisson",
-        accountant: str = "rdp",
         max_epsilon: float | None = None,
-        microbatching: bool = False,
+        accountant: str = "rdp",
         verbose: int = 1,
+        num_examples: int | None = None,
+        batch_size: float | None = None,
+        noise_multiplier: float | None = None,
+        sampling: str | None = None,
+        microbatching: bool | None = None,
     ):
         super().__init__()
         problems: list[str] = []
-        accounting._check_schedule(problems, num_examples=num_examples, batch_size=batch_size, epochs=None,
-                                   steps=1, sampling=sampling, microbatching=microbatching)
-        accounting._check_noise(problems, noise_multiplier)
         accounting._check_delta(problems, delta)
+        if problems and accounting._is_real(delta) and delta >= 1:
+            problems[-1] += (
+                " (PrivacyBudgetCallback reads num_examples, batch_size and noise_multiplier from the model; "
+                "its first argument is delta)"
+            )
         accounting._check_accountant(problems, accountant)
         if max_epsilon is not None and not (accounting._is_real(max_epsilon) and max_epsilon > 0):
             problems.append(accounting._invalid("max_epsilon", "a positive float or None", max_epsilon))
+        if sampling is not None and sampling not in ("poisson", "shuffle", "arbitrary"):
+            problems.append(accounting._invalid("sampling", "'poisson', 'shuffle', 'arbitrary' or None", sampling))
         accounting._raise_if(problems)
-        self.num_examples = num_examples
-        self.batch_size = batch_size
-        self.noise_multiplier = noise_multiplier
         self.delta = delta
-        self.sampling = sampling
-        self.accountant = accountant
         self.max_epsilon = max_epsilon
-        self.microbatching = microbatching
+        self.accountant = accountant
         self.verbose = verbose
+        self._expected = {
+            "num_examples": num_examples,
+            "batch_size": batch_size,
+            "noise_multiplier": noise_multiplier,
+            "sampling": sampling,
+            "microbatching": microbatching,
+        }
         self.steps = 0
         self.epsilon = 0.0
         self.max_steps: int | None = None
-        self._epoch_start = 0
+        self._fit_start = 0
 
-    def epsilon_after(self, steps: int) -> float:
-        """Epsilon after ``steps`` optimizer steps of this schedule."""
-        if steps == 0:
-            return 0.0
-        return accounting.compute_epsilon(
-            num_examples=self.num_examples, batch_size=self.batch_size,
-            noise_multiplier=self.noise_multiplier, delta=self.delta, steps=int(steps),
-            sampling=self.sampling, accountant=self.accountant, microbatching=self.microbatching,
-        )
+    # ------------------------------------------------------------------------------------------------
+    # What the model says
+
+    def _dp_model(self) -> Any:
+        model = self.model
+        if not hasattr(model, "projected_ledger") or not hasattr(model, "running_sampling"):
+            raise ConfigError(
+                "PrivacyBudgetCallback reads the privacy ledger of a DP model: use it with the model "
+                f"returned by tfe_lite.privacy.make_private. Received: model={model!r}"
+            )
+        return model
+
+    def _check_against(self, model: Any) -> None:
+        """Refuses parameters given to the callback that contradict the model or its ``fit`` data."""
+        sampling = model.running_sampling
+        config = model.dp_config
+        actual = {
+            "num_examples": sampling.num_examples,
+            "batch_size": sampling.batch_size,
+            "noise_multiplier": config.noise_multiplier,
+            "sampling": sampling.kind,
+            "microbatching": config.num_microbatches is not None,
+        }
+        wrong = [
+            f"{name}={expected!r} but the model trains with {name}={actual[name]!r}"
+            for name, expected in self._expected.items()
+            if expected is not None and expected != actual[name]
+        ]
+        if wrong:
+            raise ConfigError(
+                "PrivacyBudgetCallback was given parameters that contradict the model it accounts for: "
+                + "; ".join(wrong)
+                + ". The callback reads them from the model; leave them out or make them agree."
+            )
+
+    def epsilon_after(self, fit_steps: int) -> float:
+        """Epsilon once the running ``fit`` has taken ``fit_steps`` steps (after what the model trained
+        before)."""
+        return self._dp_model().projected_ledger(int(fit_steps)).epsilon(self.delta, self.accountant)
 
     def _budget_steps(self) -> int:
-        """The largest step count whose epsilon is at most ``max_epsilon`` (epsilon grows with steps)."""
+        """The most steps of this fit whose epsilon is at most ``max_epsilon`` (epsilon grows with steps)."""
+        if self.epsilon_after(0) > self.max_epsilon:
+            return -1
         high = 1
         while self.epsilon_after(high) <= self.max_epsilon:
             high *= 2
@@ -110,40 +150,47 @@ class PrivacyBudgetCallback(keras.callbacks.Callback):
         """Whether the next execution of ``steps_per_execution`` steps would exceed the budget."""
         return self.max_steps is not None and self.steps + self._steps_per_execution() > self.max_steps
 
+    # ------------------------------------------------------------------------------------------------
+    # Keras hooks
+
     def on_train_begin(self, logs=None):
+        model = self._dp_model()
+        if model.running_sampling is None:
+            raise ConfigError("PrivacyBudgetCallback works inside the DP model's own fit.")
+        self._check_against(model)
+        self._fit_start = self.steps = model.steps_taken
+        self.epsilon = self.epsilon_after(0)
+        self.max_steps = None
         if self.max_epsilon is None:
             return
-        if self.max_steps is None:
-            self.max_steps = self._budget_steps()
-        if self.max_steps == 0:
+        allowed = self._budget_steps()
+        if self._fit_start == 0 and allowed < 1:
             raise ConfigError(
                 f"Received an invalid value for `max_epsilon`, expected at least the epsilon of one step "
                 f"({self.epsilon_after(1):.4g}). Received: max_epsilon={self.max_epsilon!r}"
             )
+        self.max_steps = self._fit_start + max(allowed, 0)
         if self._budget_reached():
             raise PrivacyBudgetExceededError(
                 f"The privacy budget max_epsilon={self.max_epsilon} is spent: {self.steps} steps taken "
-                f"(epsilon={self.epsilon:.4g}), at most {self.max_steps} allowed."
+                f"(epsilon={self.epsilon:.4g}); another step of this fit would exceed it."
             )
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = self.steps
-
     def on_train_batch_end(self, batch, logs=None):
-        # `batch` is the index, within the epoch, of the last step of the execution that just ran.
-        self.steps = self._epoch_start + int(batch) + 1
+        self.steps = self.model.steps_taken
         if self._budget_reached():
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epsilon = self.epsilon_after(self.steps)
+        self.steps = self.model.steps_taken
+        self.epsilon = self.epsilon_after(self.steps - self._fit_start)
         if logs is not None:
             logs["epsilon"] = self.epsilon
         if self._budget_reached() and self.verbose:
             print(
                 f"PrivacyBudgetCallback: stopping after {self.steps} steps at epsilon={self.epsilon:.4g} "
                 f"(max_epsilon={self.max_epsilon}, delta={self.delta:g}, {self.accountant.upper()}, "
-                f"{self.sampling} sampling)."
+                f"{self.model.running_sampling.kind} sampling in this fit)."
             )
 
     def remaining_epsilon(self) -> float:

@@ -11,7 +11,11 @@ One training step (``DPModel.train_step``), for a batch split into records (exam
 4. The noised sum is divided by the number of records in the global batch (or by ``expected_batch_size``),
    the gradient of weight regularizers (data-independent) is added, and the compiled optimizer applies it.
 
-Under ``tf.distribute`` each replica clips its own examples. With a fixed clip the first replica adds the
+The model accounts for itself: it counts every step ``train_step`` takes and records the batch sampling of
+every ``fit`` (:mod:`tfe_lite.privacy.ledger`), so ``privacy_spent(delta)`` is the epsilon of what ran.
+
+Under ``tf.distribute`` each replica clips its own examples (a batch given whole to every replica, as
+``train_on_batch`` does, is split between them first: :mod:`tfe_lite.privacy.replicas`). With a fixed clip the first replica adds the
 noise to its local sum and the optimizer's all-reduce sums the replicas, so no other replica ever sees an
 unnoised sum (as Opacus does). With adaptive clipping the query's state update needs the global clipped
 count, so the replicas first all-reduce their sample states and then all apply the same noise, drawn on the
@@ -27,12 +31,15 @@ own; the wrapped model's layers and weights are shared, not copied.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import numbers
+import warnings
 from typing import Any
 
 import dp_accounting
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src.backend.common.masking import get_keras_mask
 from keras.src.losses.loss import reduce_weighted_values
@@ -47,7 +54,10 @@ from tfe_lite.privacy.clipping import (
     make_clipper,
     vectorization_failure,
 )
+from tfe_lite.privacy.ledger import PrivacyLedger, Sampling, Segment
 from tfe_lite.privacy.noise import make_noise_source
+from tfe_lite.privacy.replicas import local_batch
+from tfe_lite.privacy.sampling import fit_sampling
 
 
 def _invalid(name: str, expected: str, value: Any) -> str:
@@ -263,6 +273,10 @@ def _unreduced_loss(loss: keras.losses.Loss, y_true: Any, y_pred: Any, sample_we
     return values
 
 
+_STEPS_KEY = "dp_steps"
+_LEDGER_KEY = "dp_privacy_ledger"
+
+
 def _first_tensor(structure: Any) -> tf.Tensor:
     return next(t for t in tf.nest.flatten(structure) if t is not None)
 
@@ -344,6 +358,18 @@ class DPModel(keras.Model):
             )
             for i, leaf in enumerate(tf.nest.flatten(self._query.initial_global_state()))
         ]
+        # Steps taken by train_step, however it is called; every replica counts the same steps.
+        self._step_counter = tf.Variable(
+            np.int64(0),
+            name="dp_steps",
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        self._ledger = PrivacyLedger()
+        self._ledger_steps = 0  # the counter's value when the ledger last took its steps in
+        self._ledger_clip = float(config.l2_norm_clip)  # the clip then
+        self._running: tuple[Sampling, int] | None = None  # the running fit's sampling and first step
         if config.secure_noise:
             self.supports_jit = False  # os.urandom is read through tf.numpy_function
         self._clipper = None
@@ -378,6 +404,68 @@ class DPModel(keras.Model):
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         return self.inner(inputs, training=training)
+
+    # ----------------------------------------------------------------------------------------------------
+    # Accounting: the steps that ran, with the sampling they used
+
+    @property
+    def steps_taken(self) -> int:
+        """DP-SGD steps taken: by ``fit``, ``train_on_batch`` or custom loops, across save and load."""
+        return int(self._step_counter.numpy())
+
+    def _segment(self, sampling: Sampling, steps: int, entry: str = "fit") -> Segment:
+        config = self._dp_config
+        adaptive = config.adaptive_clipping is not None
+        return Segment(
+            sampling=sampling,
+            steps=int(steps),
+            noise_multiplier=float(config.noise_multiplier),
+            microbatching=config.num_microbatches is not None,
+            l2_norm_clip=self._ledger_clip,
+            count_noise_multiplier=config.count_noise_multiplier if adaptive else None,
+            final_l2_norm_clip=self.l2_norm_clip if adaptive else None,
+            entry=entry,
+        )
+
+    def _take_in_steps(self, steps: int, sampling: Sampling | None = None) -> None:
+        """Records the steps since the ledger last looked: the ones of a ``fit`` with ``sampling``, or
+        (``None``) the ones taken outside ``fit``."""
+        new = steps - self._ledger_steps
+        if new > 0:
+            entry = "fit" if sampling is not None else "outside fit"
+            self._ledger = self._ledger.add(self._segment(sampling or Sampling("arbitrary"), new, entry))
+        self._ledger_steps = steps
+        self._ledger_clip = self.l2_norm_clip
+
+    @property
+    def running_sampling(self) -> Sampling | None:
+        """The sampling of the batches the running ``fit`` trains on (``None`` outside ``fit``)."""
+        return None if self._running is None else self._running[0]
+
+    def projected_ledger(self, fit_steps: int) -> PrivacyLedger:
+        """The ledger once the running ``fit`` has taken ``fit_steps`` steps (the ledger outside ``fit``)."""
+        if self._running is None:
+            self._take_in_steps(self.steps_taken)
+            return self._ledger
+        sampling, _ = self._running
+        return self._ledger.add(self._segment(sampling, fit_steps))
+
+    @property
+    def privacy_ledger(self) -> PrivacyLedger:
+        """Every step trained so far (the running ``fit``'s too), with its sampling, noise and clip."""
+        if self._running is None:
+            return self.projected_ledger(0)
+        return self.projected_ledger(self.steps_taken - self._running[1])
+
+    def privacy_spent(self, delta: float, accountant: str = "rdp") -> float:
+        """Example-level epsilon at ``delta`` of the steps this model trained, composed over the sampling
+        each of them used (see :mod:`tfe_lite.privacy.ledger`): ``dp_accounting``'s ``"rdp"`` or ``"pld"``
+        accountant. 0 before the first step; ``inf`` without noise."""
+        return self.privacy_ledger.epsilon(delta, accountant)
+
+    def privacy_statement(self, delta: float) -> str:
+        """:meth:`privacy_spent` in words: what ran, what each bound assumes, both accountants' epsilon."""
+        return self.privacy_ledger.statement(delta)
 
     # ----------------------------------------------------------------------------------------------------
     # Compile and fit: checks that need the loss, the optimizer or the data
@@ -425,7 +513,17 @@ class DPModel(keras.Model):
         return "ghost" if isinstance(self._clipper, GhostClipper) else "vectorized"
 
     def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, *args: Any, **kwargs: Any):
-        self._check_batches(x, batch_size, kwargs.get("validation_split", 0.0))
+        try:
+            arguments = inspect.signature(keras.Model.fit).bind(self, x, y, batch_size, *args, **kwargs)
+        except TypeError:
+            return super().fit(x, y, batch_size, *args, **kwargs)  # Keras says what is wrong
+        validation_split = arguments.arguments.get("validation_split", 0.0)
+        sampling = fit_sampling(x, y, arguments.arguments.get("sample_weight"), batch_size, validation_split)
+        self._check_sampling(sampling)
+        self._check_batches(x, batch_size, validation_split)
+        steps = self.steps_taken
+        self._take_in_steps(steps)
+        self._running = (sampling, steps)
         try:
             return super().fit(x, y, batch_size, *args, **kwargs)
         except tf.errors.OpError as error:
@@ -433,6 +531,30 @@ class DPModel(keras.Model):
             if failure is None:
                 raise
             raise failure from error
+        finally:
+            self._running = None
+            self._take_in_steps(self.steps_taken, sampling)
+
+    def _check_sampling(self, sampling: Sampling) -> None:
+        """Poisson batches need the noised sum divided by the expected batch size (the bound assumes it)."""
+        if sampling.kind != "poisson":
+            return
+        expected = self._dp_config.expected_batch_size
+        if expected is None:
+            raise ConfigError(
+                _invalid("expected_batch_size", f"{sampling.batch_size:g} (the batches' expected size) for "
+                         "a poisson_batches dataset", None)
+                + ". Dividing the noised sum by the realised batch size, which depends on the data, is not "
+                "the mechanism the Poisson bound is proven for: make the model with make_private(..., "
+                f"expected_batch_size={sampling.batch_size:g})."
+            )
+        if expected != sampling.batch_size:
+            warnings.warn(
+                f"make_private(expected_batch_size={expected}) differs from the poisson_batches dataset's "
+                f"expected_batch_size={sampling.batch_size:g}: the updates are scaled by "
+                f"{sampling.batch_size / expected:.4g} (the accounting uses the dataset's sampling rate).",
+                stacklevel=3,
+            )
 
     def _check_batches(self, x: Any, batch_size: int | None, validation_split: float) -> None:
         """Checks before training that ``num_microbatches`` divides every batch, where sizes are known."""
@@ -550,9 +672,10 @@ class DPModel(keras.Model):
         return grads, next_clip
 
     def train_step(self, data: Any) -> dict[str, Any]:
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if self._clipper is None:
             raise ConfigError("Call `compile` before training a DPModel.")
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(local_batch(data))
+        self._step_counter.assign_add(1)
         batch = tf.shape(_first_tensor(x))[0]
         m = self._dp_config.num_microbatches
         if m is not None:
@@ -601,7 +724,29 @@ class DPModel(keras.Model):
         return logs
 
     # ----------------------------------------------------------------------------------------------------
-    # Serialization
+    # Serialization: the ledger and the step counter travel with the weights
+
+    def save_own_variables(self, store: Any) -> None:
+        super().save_own_variables(store)
+        self._take_in_steps(self.steps_taken)  # a fit's steps are in once it returns
+        store[_STEPS_KEY] = np.array(self._ledger_steps, np.int64)
+        store[_LEDGER_KEY] = np.frombuffer(self._ledger.to_json().encode(), np.uint8)
+
+    def load_own_variables(self, store: Any) -> None:
+        variables = self._trainable_variables + self._non_trainable_variables
+        for i, variable in enumerate(variables):
+            variable.assign(store[f"{i}"])
+        if _LEDGER_KEY not in store:
+            warnings.warn(
+                "The saved DPModel has no privacy ledger (it was saved by an older tfe_lite): the steps it "
+                "trained before it was saved are not counted by privacy_spent.",
+                stacklevel=2,
+            )
+            return
+        self._ledger = PrivacyLedger.from_json(np.asarray(store[_LEDGER_KEY], np.uint8).tobytes().decode())
+        self._ledger_steps = int(np.asarray(store[_STEPS_KEY]))
+        self._ledger_clip = self.l2_norm_clip
+        self._step_counter.assign(self._ledger_steps)
 
     def get_config(self) -> dict[str, Any]:
         config = self._dp_config.to_dict()
@@ -652,9 +797,9 @@ def make_private(
             draw; not XLA-compilable). The default source is ChaCha20 keyed from ``os.urandom`` (float32).
         seed: seed of the default noise source's key, for tests; ``None`` keys it from ``os.urandom``.
         expected_batch_size: divide the noised sum by this instead of the actual (global) number of
-            records. Use it with Poisson sampling, where the batch size itself depends on the data. Batches
-            of 0 examples apply a pure-noise update either way; without ``expected_batch_size`` its noise is
-            divided by 1.
+            records. Required to ``fit`` on :func:`tfe_lite.privacy.poisson_batches` (the Poisson bound
+            assumes it: the realised batch size depends on the data). Batches of 0 examples apply a
+            pure-noise update either way; without ``expected_batch_size`` its noise is divided by 1.
 
     Returns:
         A :class:`DPModel`.

@@ -17,6 +17,10 @@ Randomness: the stream is named ``"data-sampling"``. Without a ``seed`` its key 
 ``os.urandom``; with one, the sequence of batches is repeatable (epoch after epoch differs, and a new
 dataset built with the same seed repeats the same epochs). Per-step inclusion masks use TensorFlow's
 stateless Philox generator keyed by that stream.
+
+The dataset carries its sampling (:func:`sampling_of`), which a DP model's ``fit`` reads to account for the
+steps it trains on it (:mod:`tfe_lite.privacy.ledger`); a dataset derived from it (``.map``, ``.repeat``,
+...) is another dataset and does not.
 """
 
 from __future__ import annotations
@@ -24,13 +28,19 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from keras.src.trainers.data_adapters.array_data_adapter import can_convert_arrays
 
 from tfe_lite.errors import ConfigError, ShapeError
+from tfe_lite.privacy.ledger import Sampling
 
 SEED_PURPOSE = "data-sampling"
+
+#: The attribute of a :func:`poisson_batches` dataset that holds its :class:`~tfe_lite.privacy.ledger.Sampling`.
+_SAMPLING_ATTRIBUTE = "_tfe_lite_sampling"
 
 
 def _invalid(name: str, expected: str, value) -> str:
@@ -129,7 +139,14 @@ def poisson_batches(
         .batch(2, drop_remainder=True)
         .take(int(steps))
     )
-    return step_seeds.map(select).prefetch(tf.data.AUTOTUNE)
+    dataset = step_seeds.map(select).prefetch(tf.data.AUTOTUNE)
+    setattr(dataset, _SAMPLING_ATTRIBUTE, Sampling("poisson", n, float(expected_batch_size)))
+    return dataset
+
+
+def sampling_of(dataset: tf.data.Dataset) -> Sampling | None:
+    """The sampling of a dataset made by :func:`poisson_batches` (``None`` for any other dataset)."""
+    return getattr(dataset, _SAMPLING_ATTRIBUTE, None)
 
 
 def batch_size_bounds(num_examples: int, expected_batch_size: float, *, num_stddevs: float = 4.0):
@@ -141,3 +158,24 @@ def batch_size_bounds(num_examples: int, expected_batch_size: float, *, num_stdd
     q = expected_batch_size / num_examples
     spread = num_stddevs * math.sqrt(num_examples * q * (1 - q))
     return expected_batch_size - spread, expected_batch_size + spread
+
+
+def fit_sampling(x: Any, y: Any, sample_weight: Any, batch_size: Any, validation_split: Any) -> Sampling:
+    """How Keras ``fit`` will batch this data, for the accounting: Poisson for a :func:`poisson_batches`
+    dataset, disjoint fixed-size batches (``"shuffle"``) for arrays, ``"arbitrary"`` for anything else."""
+    if isinstance(x, tf.data.Dataset):
+        return sampling_of(x) or Sampling("arbitrary")
+    data = tuple(part for part in (x, y, sample_weight) if part is not None)
+    if x is None or not can_convert_arrays(data):
+        return Sampling("arbitrary")
+    rows = _num_rows(data)
+    if min(rows) < 0:
+        return Sampling("arbitrary")
+    split = float(validation_split or 0.0)
+    examples = int(math.floor(rows[0] * (1.0 - split)))  # Keras's train_validation_split
+    if examples < 1:
+        return Sampling("arbitrary")
+    size = 32 if batch_size is None else batch_size
+    if not (isinstance(size, (int, np.integer)) and size > 0):
+        return Sampling("arbitrary")  # Keras refuses it itself
+    return Sampling("shuffle", examples, float(min(int(size), examples)))
