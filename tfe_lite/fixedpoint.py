@@ -6,9 +6,20 @@ representable range. Values outside that range, NaN and Inf are refused with :cl
 wrapped encoding would decode to a wrong number without any sign of it.
 
 Why the range is smaller than int64 allows: a product of two encoded values carries ``2 * frac_bits``
-fractional bits until it is truncated, so ``int_bits + 2 * frac_bits`` must stay below 63 for products
-of in-range values whose result is in range to be representable before truncation (see
-:mod:`tfe_lite.protocols.pond.truncation` for the truncation's failure probability).
+fractional bits until it is truncated, and the servers' local truncation fails (a huge error) with
+probability ``|z| * 2**(2 * frac_bits - 64)`` per element for a product of real value ``z``
+(:mod:`tfe_lite.protocols.pond.truncation`). The *margin* ``64 - (int_bits + 2 * frac_bits)`` bounds that
+probability for a result at the range bound: ``2**-margin``. A config must keep a margin of at least
+:data:`MIN_MARGIN_BITS` (20 bits: at most one failure in ~10^6 elements at the bound; at ``|z| <= 1`` with
+16 fractional bits, ``2**-32``). The presets:
+
+=========== ========= ======== ============ ========== ============================ ==============
+preset      frac_bits int_bits range        resolution failure at the bound         at ``|z| <= 1``
+=========== ========= ======== ============ ========== ============================ ==============
+``default`` 16        12       ±4,096       1.5e-5     2**-20 (9.5e-7) per element  2**-32
+``precise`` 18        8        ±256         3.8e-6     2**-20 (9.5e-7) per element  2**-28
+``wide``    12        20       ±1,048,576   2.4e-4     2**-20 (9.5e-7) per element  2**-40
+=========== ========= ======== ============ ========== ============================ ==============
 """
 
 from __future__ import annotations

@@ -142,3 +142,15 @@ class PrivateTensor(PondTensor):
 
     def __repr__(self) -> str:
         return f"PrivateTensor(shape={self.shape})"
+
+
+def _refuse_conversion(value, dtype=None, name=None, as_ref=False):
+    raise TypeError(
+        f"A Pond tensor ({value!r}) cannot become a tf.Tensor: its value is secret; reveal it first. (In "
+        "`tf_tensor <op> pond_tensor` TensorFlow tries this before the Pond operator; if that operator refused "
+        "the tf.Tensor too, its reason is the exception this one occurred during.)"
+    )
+
+
+# Without this TensorFlow reads a Pond tensor as a nested sequence (it has __len__ and __getitem__).
+tf.register_tensor_conversion_function(PondTensor, _refuse_conversion)
