@@ -12,12 +12,12 @@ import tensorflow as tf
 
 from tfe_lite import prg, ring
 from tfe_lite.devices import eager_serialized
-from tfe_lite.errors import ConfigError, PlayerError, ProtocolError, ShapeError
+from tfe_lite.errors import ConfigError, EncodingError, PlayerError, ProtocolError, ShapeError
 from tfe_lite.fixedpoint import FixedPointConfig, decode, encode
 from tfe_lite.players import CRYPTO_PRODUCER, SERVER0, SERVER1, Config, LocalConfig, Player
 from tfe_lite.random import RandomStreams
 
-from . import beaver, checks, linear
+from . import beaver, checks, comparison, linear
 from .comm import Channel
 from .dealer import OnlineDealer, PrecomputedDealer, TripleSource, TripleSpec
 from .tensors import PondTensor, PrivateTensor, PublicTensor
@@ -97,7 +97,7 @@ class Pond:
     """
 
     def __init__(self, config: Config | None = None, *, fixedpoint: FixedPointConfig | str = "default",
-                 dealer: TripleSource | str = "online", seed: int | None = None):
+                 dealer: TripleSource | str = "online", seed: int | None = None, checked: bool = False):
         self.config = config if config is not None else LocalConfig()
         if not isinstance(self.config, Config):
             raise ConfigError(f"Received an invalid value for `config`, expected a tfe_lite Config. Received: config={config!r}")
@@ -117,6 +117,9 @@ class Pond:
             raise ConfigError(f"Received an invalid value for `dealer`, expected a TripleSource. Received: dealer={dealer!r}")
         dealer.bind(self)
         self.dealer = dealer
+        if not isinstance(checked, bool):
+            raise ConfigError(f"Received an invalid value for `checked`, expected True or False. Received: checked={checked!r}")
+        self.checked = checked
 
     def __repr__(self) -> str:
         return f"Pond({self.config!r}, fixedpoint={self.fixedpoint}, dealer={type(self.dealer).__name__})"
@@ -234,6 +237,22 @@ class Pond:
                     "meant to be public."
                 )
 
+    def _result(self, op: str, z):
+        """``z``, checked against the fixed-point range in checked mode (see the class docstring)."""
+        if not self.checked or not isinstance(z, PrivateTensor) or z.shape.num_elements() == 0:
+            return z
+        count, _ = comparison.out_of_range_count(self, z)
+        message = (f"Checked mode: the result of {op} (shape {z.shape}) has values outside the fixed-point range "
+                   f"±2**{self.fixedpoint.int_bits}: it overflowed. Count of such elements:")
+        if tf.executing_eagerly():
+            if int(count) > 0:
+                raise EncodingError(f"{message} {int(count)}.")
+            return z
+        with tf.device(self.server0.device):
+            check = tf.debugging.Assert(tf.equal(count, 0), [message, count])
+        with tf.control_dependencies([check]):
+            return linear.local(self, z, tf.identity)
+
     def _own(self, value, name: str):
         """``value`` as a tensor of this protocol: Pond tensors are checked, plain values become public."""
         if isinstance(value, PondTensor):
@@ -253,7 +272,7 @@ class Pond:
         """``x + y``: local (server0 adds a public operand to its share)."""
         x, y = self._own(x, "x"), self._own(y, "y")
         checks.broadcast("add", x, y)
-        return _ADD[(type(x), type(y))](self, x, y)
+        return self._result("add", _ADD[(type(x), type(y))](self, x, y))
 
     @eager_serialized
     def sub(self, x, y):
@@ -270,7 +289,7 @@ class Pond:
         """Sum over ``axis`` (None: all axes) like ``tf.reduce_sum``: local."""
         x = self._own(x, "x")
         axis = checks.axis(x.shape, axis, "reduce_sum")
-        return linear.local(self, x, lambda t: tf.reduce_sum(t, axis=axis, keepdims=keepdims))
+        return self._result("reduce_sum", linear.local(self, x, lambda t: tf.reduce_sum(t, axis=axis, keepdims=keepdims)))
 
     @eager_serialized
     def reshape(self, x, shape):
@@ -323,13 +342,13 @@ class Pond:
         for a, b, name in ((x, y, "y"), (y, x, "x")):
             if checks.is_integer_scalar(b) and isinstance(a, PondTensor):
                 k = checks.integer_scalar(b, self.fixedpoint, name)
-                return linear.local(self, self._own(a, "x"), lambda t: t * np.int64(k))
+                return self._result("mul", linear.local(self, self._own(a, "x"), lambda t: t * np.int64(k)))
         x, y = self._own(x, "x"), self._own(y, "y")
         checks.broadcast("multiply", x, y)
         if x is y and isinstance(x, PrivateTensor):
             return self.square(x)
         spec = TripleSpec("mul", tuple(x.shape), tuple(y.shape))
-        return _PRODUCT[(type(x), type(y))](self, x, y, spec)
+        return self._result("mul", _PRODUCT[(type(x), type(y))](self, x, y, spec))
 
     @eager_serialized
     def square(self, x):
@@ -337,7 +356,7 @@ class Pond:
         x = self._own(x, "x")
         if isinstance(x, PublicTensor):
             return truncate_public(self, linear.local(self, x, tf.square))
-        return truncate_private(self, beaver.square(self, x))
+        return self._result("square", truncate_private(self, beaver.square(self, x)))
 
     @eager_serialized
     def matmul(self, x, y):
@@ -346,7 +365,7 @@ class Pond:
         x, y = self._own(x, "x"), self._own(y, "y")
         checks.matmul(x, y)
         spec = TripleSpec("matmul", tuple(x.shape), tuple(y.shape))
-        return _PRODUCT[(type(x), type(y))](self, x, y, spec)
+        return self._result("matmul", _PRODUCT[(type(x), type(y))](self, x, y, spec))
 
     @eager_serialized
     def conv2d(self, x, filters, strides=1, padding: str = "SAME"):
@@ -355,7 +374,7 @@ class Pond:
         strides, padding = checks.pair(strides, "strides"), checks.padding(padding)
         checks.conv2d(x, filters, padding)
         spec = TripleSpec("conv2d", tuple(x.shape), tuple(filters.shape), strides, padding)
-        return _PRODUCT[(type(x), type(filters))](self, x, filters, spec)
+        return self._result("conv2d", _PRODUCT[(type(x), type(filters))](self, x, filters, spec))
 
     @eager_serialized
     def avg_pool2d(self, x, pool_size, strides=None, padding: str = "VALID"):

@@ -1,0 +1,119 @@
+"""The exact sign-bit protocol (comparison.py) and the checked mode built on it (issue 8, item 5)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import tfe_lite
+from tfe_lite.protocols import Pond, PrecomputedDealer
+from tfe_lite.protocols.pond import comparison
+
+from test_pond_security import _assert_uniform, _capture_views
+
+
+def _bits(z):
+    return (z.share0 + z.share1).numpy()
+
+
+def test_sign_bit_is_exact_at_the_edges(prot):
+    f = prot.fixedpoint
+    u = f.resolution
+    edges = np.array([0.0, u, -u, 2 * u, -2 * u, f.bound - u, -(f.bound - u), 1.0, -1.0, 0.5 * u, -0.5 * u])
+    encoded = np.round(edges * f.scale)
+    np.testing.assert_array_equal(_bits(comparison.msb(prot, prot.share(edges, "alice"))), encoded < 0)
+
+
+@given(values=hnp.arrays(np.int64, hnp.array_shapes(min_dims=0, max_dims=3, max_side=5),
+                         elements=st.integers(-2**63, 2**63 - 1)))
+def test_sign_bit_of_any_ring_element(prot, values):
+    """Every int64 (the whole ring), any split into shares, any shape including empty ones."""
+    rng = np.random.default_rng(values.size)
+    share0 = rng.integers(-2**63, 2**63, values.shape, dtype=np.int64, endpoint=False)
+    share1 = values - share0  # wraps like the ring
+    x = prot.from_shares(tf.constant(share0), tf.constant(share1), fixedpoint=prot.fixedpoint)
+    np.testing.assert_array_equal(_bits(comparison.msb(prot, x)), (values < 0).astype(np.int64))
+
+
+def test_sign_bit_over_a_dense_grid_with_each_dealer(config):
+    for dealer in ("online", PrecomputedDealer()):
+        prot = Pond(config, dealer=dealer, seed=5)
+        grid = np.linspace(-prot.fixedpoint.bound + 1, prot.fixedpoint.bound - 1, 4001)
+        if isinstance(dealer, PrecomputedDealer):
+            fn = lambda x: comparison.msb(prot, prot.share(x, "alice")).shares  # noqa: E731
+            dealer.precompute_for(fn, tf.constant(grid))
+            bits = tf.function(fn)(tf.constant(grid))
+            bits = (bits[0] + bits[1]).numpy()
+        else:
+            bits = _bits(comparison.msb(prot, prot.share(grid, "alice")))
+        np.testing.assert_array_equal(bits, np.round(grid * prot.fixedpoint.scale) < 0)
+
+
+def test_traffic_matches_the_stated_cost(prot):
+    n = 500
+    x = prot.share(np.ones(n), "alice")
+    with prot.count_communication() as log:
+        comparison.msb(prot, x)
+    links = log.by_link()
+    assert links[("server0", "server1")] == links[("server1", "server0")] == 185 * n  # 370 n in all
+    # producer: 8 (edaBit) + 11 * 8 (AND triples) + 8 (daBit) bytes per element to server1, seeds to both
+    assert links[("crypto-producer", "server1")] == 104 * n + 8 * 32
+    assert links[("crypto-producer", "server0")] == 8 * 32
+
+
+@pytest.mark.parametrize("value", [0.0, -3.5, 4000.0])
+def test_everything_a_server_receives_is_uniform(config, monkeypatch, value):
+    prot = Pond(config)
+    views = _capture_views(prot, monkeypatch)
+    comparison.msb(prot, prot.share(np.full(20000, value), "alice"))
+    for server in ("server0", "server1"):
+        received = [(what, t.numpy()) for what, t in views[server]]
+        kinds = {what for what, _ in received}
+        assert {"open_mask", "xor_and", "xor_bit"} <= kinds
+        for what, t in received:
+            if what in ("open_mask", "xor_and", "triple_c1", "share"):
+                _assert_uniform(t.ravel())
+            if what == "xor_bit":  # one uniform bit per element
+                assert abs(t.mean() - 0.5) < 6 * np.sqrt(0.25 / t.size), t.mean()
+
+
+def test_checked_mode_finds_overflows_eagerly_and_in_graphs(config):
+    prot = Pond(config, seed=31, checked=True)
+    big = prot.share(np.array([3000.0, 1.0]), "alice")
+    with pytest.raises(tfe_lite.EncodingError, match=r"result of mul .* overflowed.* 1\."):
+        big * prot.share(np.array([3000.0, 1.0]), "bob")
+    with pytest.raises(tfe_lite.EncodingError, match="result of square"):
+        big * big
+    with pytest.raises(tfe_lite.EncodingError, match="result of add"):
+        big + big
+    with pytest.raises(tfe_lite.EncodingError, match="result of matmul"):
+        prot.share(np.full((1, 4), 2000.0), "alice") @ prot.share(np.ones((4, 1)), "bob")
+    ok = big * 0.5 + 1.0
+    np.testing.assert_allclose(ok.reveal(to="alice").numpy(), [1501.0, 1.5], atol=1e-3)
+
+    @tf.function
+    def square(x):
+        return prot.share(x, "alice").square().reveal(to="alice")
+
+    np.testing.assert_allclose(square(tf.constant([60.0, -3.0], tf.float64)).numpy(), [3600.0, 9.0], atol=1e-2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="result of square.*overflowed"):
+        square(tf.constant([70.0, 3.0], tf.float64))
+    unchecked = Pond(config, seed=31)
+    wrapped = unchecked.share(np.array([3000.0]), "alice")
+    cube = (wrapped * wrapped * wrapped).reveal(to="alice").numpy()[0]  # 2.7e10: wraps before truncation
+    assert abs(cube - 2.7e10) > 1e6, "unchecked, a product beyond 2**(63 - 2f) wraps without an error"
+
+
+def test_checked_mode_reveals_only_the_count(config, monkeypatch):
+    prot = Pond(config, seed=32, checked=True)
+    views = _capture_views(prot, monkeypatch)
+    prot.share(np.full(10000, 2.0), "alice") * prot.share(np.full(10000, 3.0), "bob")
+    counts = [t.numpy() for server in ("server0", "server1") for what, t in views[server] if what == "open_range_count"]
+    assert len(counts) == 2 and all(c.shape == () for c in counts)
+    assert int(counts[0]) + int(counts[1]) == 0  # the two halves open the count (0) and nothing else
+    kinds = {what for server in ("server0", "server1") for what, _ in views[server]}
+    assert kinds == {"share_seed", "share", "triple_seed", "triple_c1", "open_e", "open_d", "open_mask", "xor_and",
+                     "xor_bit", "open_range_count"}
+    with pytest.raises(tfe_lite.ConfigError, match="checked='yes'"):
+        Pond(config, checked="yes")
