@@ -80,7 +80,7 @@ def main() -> None:
     data = load_mnist(args.data_dir, limit=args.limit, verbose=True)
     n = len(data.train[0])
     steps = args.epochs * math.ceil(n / args.batch_size)
-    schedule = dict(num_examples=n, batch_size=args.batch_size, delta=DELTA, steps=steps)
+    schedule = dict(num_examples=n, batch_size=args.batch_size, delta=DELTA, steps=steps, sampling="poisson")
     seeds = range(args.repeats)
     start = time.perf_counter()
 

@@ -1,18 +1,16 @@
 """Secure multi-party computation basics: additive secret sharing, then the same on Pond's players.
 
-Run: python examples/smpc_basics.py
+Run: python examples/smpc_basics.py [--part {1,2,all}] [--seed S] [--help]
 
 Part 1 uses plain Python integers modulo 2^64 (as in PySyft's classic tutorial): a secret is split into
 three random shares that add up to it; any two shares alone are uniformly random and say nothing.
 Part 2 does the same with tensors on tfe_lite's Pond protocol, where every player is a TensorFlow device.
 """
 
+import argparse
 import secrets
 
-import numpy as np
-
-import tfe_lite
-from tfe_lite.protocols import Pond
+from _cli import non_negative_int
 
 Q = 2**64  # the ring Z/2^64
 
@@ -50,7 +48,12 @@ def part1_plain_python() -> None:
     assert reconstruct(tripled) == 6
 
 
-def part2_pond() -> None:
+def part2_pond(seed: int) -> None:
+    import numpy as np
+
+    import tfe_lite
+    from tfe_lite.protocols import Pond
+
     print("\n== Part 2: the same with tensors on Pond (server0, server1, crypto-producer as TF devices)")
     config = tfe_lite.LocalConfig(["alice", "bob"])
     for player in config.players:
@@ -65,7 +68,7 @@ def part2_pond() -> None:
     print(f"2 * 3.5 (public) = {(x * 3.5).reveal(to='alice').numpy()}")
     print(f"2 * 5 (both private, Beaver triple from the crypto producer) = {(x * y).reveal(to='bob').numpy()}")
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     features = rng.normal(size=(2, 3))
     weights = rng.normal(size=(3, 1))
     a = prot.share(features, owner="alice")
@@ -78,6 +81,16 @@ def part2_pond() -> None:
     assert np.allclose(result, features @ weights + 0.5, atol=1e-3)
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("1", "2", "all"), default="all", help="which part to run")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of part 2's public test data")
+    args = parser.parse_args(argv)  # before TensorFlow is imported: bad arguments fail at once
+    if args.part in ("1", "all"):
+        part1_plain_python()
+    if args.part in ("2", "all"):
+        part2_pond(args.seed)
+
+
 if __name__ == "__main__":
-    part1_plain_python()
-    part2_pond()
+    main()
