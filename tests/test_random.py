@@ -44,3 +44,31 @@ def test_fixed_seed_repeats_and_os_seed_does_not():
 def test_seed_must_be_an_integer():
     with pytest.raises(ConfigError, match="seed=1.5"):
         RandomStreams(seed=1.5)
+
+
+def test_keys_are_made_on_the_players_device_by_the_native_op(monkeypatch, switch_backend):
+    """Issue 8 (low): keys were made in the driving process (os.urandom at Pond()); they must be made where
+    the player runs, so that in multi-host mode no key exists in the driver."""
+    import os
+
+    switch_backend("native")
+
+    def no_urandom(n):
+        raise AssertionError("a key was read from os.urandom in the driving process")
+
+    monkeypatch.setattr(os, "urandom", no_urandom)
+    device = LocalConfig().get_player("server1").device
+    streams = [SeedStream(device) for _ in range(2)]
+    assert streams[0]._key.device.endswith(device.split("/")[-1].replace("device:", "device:"))
+    keys = [tuple(s._key.numpy()) for s in streams]
+    assert keys[0] != keys[1] and len(set(keys[0])) == 4
+
+
+def test_on_device_keys_refuse_the_driver_fallback(switch_backend):
+    from tfe_lite.errors import RuntimeConfigError
+
+    switch_backend("tensorflow")
+    with pytest.raises(RuntimeConfigError, match="created on the player's own host"):
+        SeedStream("/device:CPU:1", on_device=True)
+    SeedStream("/device:CPU:1")  # local mode: os.urandom in this process, the players' own
+    SeedStream("/device:CPU:1", seed=3, on_device=True)  # fixed test keys need no CSPRNG

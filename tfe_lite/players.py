@@ -44,6 +44,10 @@ class Player:
 class Config(abc.ABC):
     """What every runtime configuration offers: named players, each on a device of its own."""
 
+    #: Whether players run in other processes or hosts (then their keys must be made there; see
+    #: :mod:`tfe_lite.random`).
+    remote: bool = False
+
     def __init__(self, players: Sequence[Player]):
         self._players = {p.name: p for p in players}
 

@@ -11,8 +11,12 @@ so draws from several Python threads, or from concurrent executions of one trace
 the same counter value and so never the same seed. (An ``assign_add`` followed by a read is two ops: two
 concurrent draws can both read the second increment.)
 
-Keys come from the operating system's CSPRNG (``os.urandom``). A test may pass an integer ``seed`` to make
-runs repeatable; keys are then derived from it with SHA-256 and are, of course, not secret.
+Keys come from the operating system's CSPRNG, made where the player runs: the native ``SystemRandomKey`` op
+(``getrandom``) executes on the player's device, so in multi-host mode the key is created on the player's
+own host and never exists in the driving process. Without the native library a key is read from
+``os.urandom`` in this process, which is the player's process only in local mode; a stream created with
+``on_device=True`` (multi-host) refuses that fallback. A test may pass an integer ``seed`` to make runs
+repeatable; keys are then derived from it with SHA-256 and are, of course, not secret.
 
 Streams are named by purpose (``"crypto"`` for shares, masks and triples); a player's streams for
 different purposes use independent keys.
@@ -26,9 +30,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tfe_lite import prg
+from tfe_lite import ops, prg
 from tfe_lite.devices import eager_serialized
-from tfe_lite.errors import ConfigError
+from tfe_lite.errors import ConfigError, RuntimeConfigError
 
 KEY_WORDS = 4  # int64 words in a 256-bit key or seed
 
@@ -91,11 +95,20 @@ class AtomicCounter:
 class SeedStream:
     """Fresh 256-bit seeds on one device, derived from a secret key and a run-time counter."""
 
-    def __init__(self, device: str, *, seed: int | None = None, label: str = ""):
+    def __init__(self, device: str, *, seed: int | None = None, label: str = "", on_device: bool = False):
         self.device = device
         self.label = label
-        with tf.device(device):
-            self._key = tf.Variable(_as_words(_key_bytes(seed, label)), trainable=False, name="seed_key")
+        with tf.init_scope(), tf.device(device):
+            key = ops.system_random_key() if seed is None else None
+            if key is None:
+                if seed is None and on_device:
+                    raise RuntimeConfigError(
+                        f"The key of {label or device} must be created on the player's own host, which needs the "
+                        "native ops library (its SystemRandomKey op); it is not built or disabled. Run `make ops` "
+                        "and load it in every player's process (tfe-lite serve does)."
+                    )
+                key = _as_words(_key_bytes(seed, label))
+            self._key = tf.Variable(key, trainable=False, name="seed_key")
             self._counter = AtomicCounter(name="seed_counter")
 
     @eager_serialized
@@ -115,8 +128,9 @@ class SeedStream:
 class RandomStreams:
     """The seed streams of a set of players, one per (player, purpose), created on first use."""
 
-    def __init__(self, seed: int | None = None):
+    def __init__(self, seed: int | None = None, *, on_device: bool = False):
         self._seed = validate_seed(seed)
+        self._on_device = on_device
         self._streams: dict[tuple[str, str], SeedStream] = {}
 
     @property
@@ -126,5 +140,6 @@ class RandomStreams:
     def stream(self, player, purpose: str = "crypto") -> SeedStream:
         key = (player.name, purpose)
         if key not in self._streams:
-            self._streams[key] = SeedStream(player.device, seed=self._seed, label=f"{player.name}/{purpose}")
+            self._streams[key] = SeedStream(player.device, seed=self._seed, label=f"{player.name}/{purpose}",
+                                            on_device=self._on_device)
         return self._streams[key]

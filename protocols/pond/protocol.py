@@ -105,7 +105,8 @@ class Pond:
         self.server0 = self.config.get_player(SERVER0)
         self.server1 = self.config.get_player(SERVER1)
         self.producer = self.config.get_player(CRYPTO_PRODUCER)
-        self.streams = RandomStreams(seed)
+        # Keys are made on each player's device; a multi-host config (``remote``) refuses a driver-side key.
+        self.streams = RandomStreams(seed, on_device=getattr(self.config, "remote", False))
         for player in self.config.players:  # variables are created now, never inside a trace
             self.streams.stream(player)
         self.channel = Channel()

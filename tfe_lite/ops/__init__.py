@@ -162,3 +162,10 @@ def matmul(a, b) -> tf.Tensor:
         if not (batch_a.is_fully_defined() and batch_a == batch_b):
             return tf.matmul(a, b)
     return lib.ring_mat_mul(a, b)
+
+
+def system_random_key() -> tf.Tensor | None:
+    """A fresh 256-bit key (int64[4]) from the OS CSPRNG, made by the native ``SystemRandomKey`` op on the
+    current device (so on a remote player's own host), or None when the native library is not available."""
+    lib = library()
+    return None if lib is None else lib.system_random_key()
