@@ -339,6 +339,34 @@ def test_compile_picks_the_clipper():
     assert mixed.clipping_method == "vectorized"
 
 
+class _SubclassedMLP(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(6, activation="tanh")
+        self.out = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_auto_gives_a_subclassed_model_the_vectorized_path():
+    # Documented rule (make_private's `clipping`): every layer is Dense, but a subclassed call has no graph
+    # for ghost clipping's taps, so "auto" picks the vectorized path and "ghost" says why it cannot.
+    inner = _SubclassedMLP()
+    inner(np.zeros((1, 4), "float32"))
+    model = make_private(inner, l2_norm_clip=0.5, noise_multiplier=0.0)
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+    assert model.clipping_method == "vectorized"
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(size=(6, 4)).astype("float32"), rng.normal(size=(6, 3)).astype("float32")
+    grads = _per_example_grads(inner, x, y)
+    before = _weights(model)
+    model.train_on_batch(x, y)
+    np.testing.assert_allclose(_update(before, _weights(model)), _clipped_mean(grads, 0.5), rtol=1e-5, atol=1e-7)
+    with pytest.raises(UnsupportedLayerError, match="subclassed model .*write it as a Functional or Sequential"):
+        make_private(inner, l2_norm_clip=0.5, noise_multiplier=0.0, clipping="ghost")
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Bad arguments
 

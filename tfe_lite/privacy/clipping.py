@@ -113,7 +113,11 @@ def _ghost_rule(layer: keras.layers.Layer) -> str | None:
 def ghost_blockers(model: keras.Model) -> list[str]:
     """Every reason why :class:`GhostClipper` cannot handle ``model`` (empty when it can)."""
     if not isinstance(model, (keras.Sequential, Functional)):
-        return [f"{type(model).__name__} {model.name!r}: subclassed model (needs Functional or Sequential)"]
+        return [
+            f"{type(model).__name__} {model.name!r}: subclassed model (ghost clipping rebuilds the model's "
+            "graph with a tap on each layer, and a subclassed call has none; write it as a Functional or "
+            "Sequential model)"
+        ]
     blockers = []
     for layer in model.layers:
         if layer.trainable_weights:

@@ -789,7 +789,12 @@ def make_private(
             example. It must divide every batch.
         clipping: ``"vectorized"`` (any model), ``"ghost"`` (Dense, Conv2D and Embedding layers only;
             faster where per-example gradients of other layers would be materialized), or ``"auto"``: ghost
-            when every trainable layer allows it, else vectorized.
+            when the model is Functional or Sequential and every trainable layer allows it (each called
+            once, no nested models), else vectorized. A subclassed model always gets the vectorized path
+            under ``"auto"``, even when all its layers are Dense: ghost clipping rebuilds the model's graph
+            with taps on each layer, and a subclassed ``call`` has no graph to rebuild (``"ghost"`` refuses
+            it, naming the reason). Write the model as Functional or Sequential for ghost clipping; the
+            vectorized path gives the same gradients. ``dp_model.clipping_method`` says which was chosen.
         adaptive_clipping: ``None`` for a fixed clip; ``True``, a dict of :class:`AdaptiveClipping` options or
             an :class:`AdaptiveClipping` for a clip that follows a quantile of the record norms.
         secure_noise: draw the noise with :class:`tfe_lite.privacy.noise.SecureNoise`: a fresh
