@@ -30,6 +30,7 @@ to change. Encoding rounds every entry to ``2**-frac_bits``, so the revealed sum
 from __future__ import annotations
 
 import collections
+import contextlib
 from typing import Sequence
 
 import numpy as np
@@ -175,12 +176,10 @@ class SecureAggregator:
     def submit(self, client: Player, vector: tf.Tensor, bounds: Bounds = ()) -> None:
         """Check ``vector`` against ``bounds`` on the client's device, then share it from there."""
         _check_placement(client, vector)
-        self._check_bounds(client, vector, bounds)
-        with self.protocol.count_communication() as log:
+        vector = self._check_bounds(client, vector, bounds)
+        with self._counted():
             shared = self.protocol.share(vector, owner=client.name)
             self._sum = shared if self._sum is None else self._sum + shared
-        if self.traffic is not None:
-            self.traffic.merge(log.by_link())
         self.senders.append(client.name)
 
     def result(self) -> tf.Tensor | None:
@@ -188,30 +187,49 @@ class SecureAggregator:
         if len(self.senders) < self.min_clients:
             self._sum = None
             return None
+        with self._counted():
+            return self._sum.reveal(to=self.aggregator.name, dtype=tf.float64)
+
+    @contextlib.contextmanager
+    def _counted(self):
+        """Count the protocol's transfers into ``traffic`` (eagerly; a traced call is counted by its caller)."""
+        if self.traffic is None or not tf.executing_eagerly():
+            yield
+            return
         with self.protocol.count_communication() as log:
-            total = self._sum.reveal(to=self.aggregator.name, dtype=tf.float64)
-        if self.traffic is not None:
-            self.traffic.merge(log.by_link())
-        return total
+            yield
+        self.traffic.merge(log.by_link())
 
     @eager_serialized
-    def _check_bounds(self, client: Player, vector: tf.Tensor, bounds: Bounds) -> None:
+    def _check_bounds(self, client: Player, vector: tf.Tensor, bounds: Bounds) -> tf.Tensor:
+        """``vector``, once the client has checked on its device that it respects ``bounds``.
+
+        One bit leaves the device each round (whether the bounds hold); only a client that refuses reports
+        its largest magnitudes, to say what is wrong. Inside a ``tf.function`` the check is an assertion
+        placed on the client's device.
+        """
         if not bounds:
             raise ConfigError("Secure aggregation needs the public bounds of every submitted vector.")
         sizes = [size for _, size, _ in bounds]
         if sum(sizes) != vector.shape.num_elements():
             raise ConfigError(f"`bounds` cover {sum(sizes)} entries; the vector of {client.name!r} has {vector.shape.num_elements()}.")
-        with tf.device(client.device):  # one bit leaves the device each round: whether the bounds hold
-            parts = tf.split(vector, sizes)
-            maxima = tf.stack([tf.reduce_max(tf.abs(part)) for part in parts])
+        with tf.device(client.device):
+            maxima = tf.stack([tf.reduce_max(tf.abs(part)) for part in tf.split(vector, sizes)])
             limits = tf.constant([bound for _, _, bound in bounds], tf.float32)
-            within = bool(tf.reduce_all(tf.logical_and(tf.math.is_finite(maxima), maxima <= limits)).numpy())
-        if within:
-            return
-        for (name, _, bound), largest in zip(bounds, maxima.numpy()):  # the client reports why it refuses
+            within = tf.reduce_all(tf.logical_and(tf.math.is_finite(maxima), maxima <= limits))
+            if not tf.executing_eagerly():
+                names = ", ".join(f"`{name}` <= {bound:g}" for name, _, bound in bounds)
+                check = tf.debugging.Assert(within, [f"Client {client.name!r} refuses to share: its entries exceed the bounds "
+                                                     f"({names}) that keep the secure sum in the fixed-point range."])
+                with tf.control_dependencies([check]):
+                    return tf.identity(vector)
+        if bool(within.numpy()):
+            return vector
+        for (name, _, bound), largest in zip(bounds, maxima.numpy()):
             if not np.isfinite(largest) or largest > bound:
                 raise EncodingError(
                     f"Client {client.name!r} cannot share its `{name}` entries: the largest magnitude is "
                     f"{float(largest):g}, above the bound {bound:g} that keeps the secure sum inside the fixed-point "
                     "range. Lower the client learning rate, or use a fixed-point config with more int_bits."
                 )
+        return vector

@@ -7,13 +7,15 @@ One round of ``FedAvg.fit``:
 2. The aggregator sends the global weights to each sampled client's device.
 3. Local training on the clients' devices, in parallel on the replicas of a ``tf.distribute`` strategy
    (:mod:`tfe_lite.federated.clients`): ``local_epochs`` epochs of minibatch SGD from the global weights.
-4. Each client builds, on its device, the vector it submits: its update weighted by ``n_k / n`` (``n_k``
-   its examples, ``n`` those of the round's sampled clients) and its weighted mean loss; with DP, its
-   DPQuery record (update clipped to ``C``, weight 1) instead of the weighted update.
+4. Each client builds, on its device, the vector it submits: its update weighted by ``w_k = n_k / m``
+   (``n_k`` its examples, ``m`` the mean over the round's sampled clients, so the weights add up to the
+   number of clients ``K`` and every entry keeps the fixed-point resolution) and its weighted mean loss;
+   with DP, its DPQuery record (update clipped to ``C``, weight 1) instead of the weighted update.
 5. Aggregation (:mod:`tfe_lite.federated.aggregation`): plain (the aggregator sees each vector) or secure
    (Pond; only the sum is revealed, to the aggregator). Clients that dropped out before sending are left out
-   and the weights renormalized over the senders: the update is exactly ``sum n_k u_k / sum n_k`` over the
-   senders. With DP the aggregator adds the noise once (:mod:`tfe_lite.federated.dp`).
+   and the weights renormalized over the senders: the update is ``sum n_k u_k / sum n_k`` over the
+   senders. Secure aggregation rounds each entry to ``2**-frac_bits``: the averaged update is within
+   ``2**-(frac_bits + 1)`` of the plain one (K encodings of error ``2**-(frac_bits+1)``, divided by ``K``). With DP the aggregator adds the noise once (:mod:`tfe_lite.federated.dp`).
 6. The server optimizer (a Keras optimizer, compiled into :attr:`FedAvg.model`) applies the pseudo-gradient
    ``-update`` to the global model: ``SGD(1.0)`` is FedAvg, ``Adam`` is FedAdam (Reddi et al. 2021).
 
@@ -65,7 +67,8 @@ class FedAvg:
         dp: a :class:`~tfe_lite.federated.ClientDP` for client-level DP, or None.
         proximal_mu: FedProx's proximal coefficient (0: FedAvg).
         aggregator: the player the (sum of the) updates go to; it adds the DP noise.
-        fixedpoint: fixed-point config of secure aggregation (``"precise"``: 20 fractional bits, ``|x| < 4096``).
+        fixedpoint: fixed-point config of secure aggregation (default: Pond's, 16 fractional bits,
+            ``|x| < 2**12``); a round of ``K`` clients needs every update entry below ``2**int_bits / (2 K)``.
         parallel_clients: train a round's clients on tf.distribute replicas (False: one after another).
         seed: fixes sampling, shuffling and the protocol's keys (tests only).
     """
@@ -73,7 +76,7 @@ class FedAvg:
     def __init__(self, model_fn: Callable[[], keras.Model], *, config: Config, loss: Any = None, metrics: Any = None,
                  client_optimizer: Any = "sgd", server_optimizer: Any = None, secure_aggregation: Any = False,
                  dp: ClientDP | None = None, proximal_mu: float = 0.0, aggregator: str = SERVER0,
-                 fixedpoint: Any = "precise", parallel_clients: bool = True, seed: int | None = None):
+                 fixedpoint: Any = "default", parallel_clients: bool = True, seed: int | None = None):
         from tfe_lite.protocols import Pond
 
         problems = []
@@ -195,10 +198,11 @@ class FedAvg:
         aggregator.begin()
         plan = {c.name: self._dropout(dropouts, r, c.name) for c in selected}
         total_examples = sum(c.num_examples for c in selected)
-        weights = {c.name: c.num_examples / total_examples for c in selected}
+        weights = {c.name: len(selected) * c.num_examples / total_examples for c in selected}
+        limit = self.protocol.fixedpoint.bound / (2 * max(len(selected), 1)) if self.secure else math.inf
         mechanism = self.dp_mechanism
         params = mechanism.sample_params() if mechanism is not None else None
-        self._check_range(aggregator, selected, weights, params)
+        self._check_range(aggregator, selected, weights, limit)
         global_weights = [v.value for v in self.model.trainable_variables]
         present = [c for c in selected if plan[c.name] != "before_sending"]
         seeds = dict(zip([c.name for c in present], randomness.shuffle_seeds(len(present))))
@@ -206,13 +210,14 @@ class FedAvg:
         for wave in runner.waves(present):
             survivors = self._train_wave(runner, wave, global_weights, seeds, epochs, traffic)
             for client in survivors:
-                vector, bounds = self._client_vector(runner, client, weights[client.name], params, traffic)
+                update, loss = runner.result(client)
+                vector, bounds = self._client_vector(client, update, loss, weights[client.name], limit, params, traffic)
                 aggregator.submit(client.player, vector, bounds)
             done += len(wave)
             callback_list.on_train_batch_end(done - 1)
         total = aggregator.result()
         sent = sum(weights[name] for name in aggregator.senders)
-        logs = {"loss": math.nan, "clients": len(aggregator.senders)}
+        logs = {"loss": math.nan, "clients": 0 if total is None else len(aggregator.senders)}
         if total is None:
             if mechanism is not None:
                 mechanism.skip_round()
@@ -253,31 +258,29 @@ class FedAvg:
                     pass
             return survivors
 
-    def _client_vector(self, runner, client, weight, params, traffic):
-        """The vector ``client`` submits and the public bounds of its entries, built on its device."""
-        update, loss = runner.result(client)
-        half_range = self.protocol.fixedpoint.bound / 2 if self.secure else math.inf
+    def _client_vector(self, client, update, loss, weight, limit, params, traffic):
+        """The vector ``client`` submits and the public bounds of its entries, built on its device from its
+        update and mean loss (tensors on that device). ``limit`` bounds an unweighted entry (secure only)."""
         with tf.device(client.player.device):
             weighted_loss = tf.reshape(loss * weight, [1])
             if self.dp_mechanism is None:
                 vector = pack([u * weight for u in update] + [weighted_loss])
                 size = vector.shape[0] - 1
-                return vector, [("update", size, weight * half_range), ("loss", 1, weight * half_range)]
+                return vector, [("update", size, weight * limit), ("loss", 1, weight * limit)]
             local_params = tf.nest.map_structure(tf.identity, params)
-            traffic.add(self.aggregator.name, client.name, sum(t.dtype.size * max(t.shape.num_elements(), 1) for t in tf.nest.flatten(local_params)))
+            traffic.add(self.aggregator.name, client.name, sum(t.dtype.size * t.shape.num_elements() for t in tf.nest.flatten(local_params)))
             record = self.dp_mechanism.preprocess(local_params, update)
             vector = pack(record + [weighted_loss])
         clip = self.dp_mechanism.clip * (1 + 1e-4)  # float rounding of the clipped norm
         bounds = [("update", sum(int(t.shape.num_elements()) for t in record[:len(update)]), clip)]
         if self.dp_mechanism.adaptive:
             bounds.append(("unclipped", 1, 0.5))
-        return vector, bounds + [("loss", 1, weight * half_range)]
+        return vector, bounds + [("loss", 1, weight * limit)]
 
-    def _check_range(self, aggregator, selected, weights, params) -> None:
+    def _check_range(self, aggregator, selected, weights, limit) -> None:
         if not self.secure:
             return
-        half = self.protocol.fixedpoint.bound / 2
-        totals = {"update": sum(weights.values()) * half, "loss": sum(weights.values()) * half}
+        totals = {"update": sum(weights.values()) * limit, "loss": sum(weights.values()) * limit}
         if self.dp_mechanism is not None:
             totals["update"] = len(selected) * self.dp_mechanism.clip * (1 + 1e-4)
             if self.dp_mechanism.adaptive:
