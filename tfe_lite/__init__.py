@@ -9,10 +9,11 @@ from tfe_lite.errors import (
 )
 from tfe_lite.fixedpoint import PRESETS, FixedPointConfig, decode, encode
 from tfe_lite.players import Config, LocalConfig, Player
+from tfe_lite.runtime import RemoteConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS", "Config", "ConfigError", "EncodingError", "FixedPointConfig", "LocalConfig", "Player",
-    "PlayerError", "ProtocolError", "ShapeError", "TfeLiteError", "TripleExhaustedError", "decode", "encode",
+    "PlayerError", "ProtocolError", "RemoteConfig", "ShapeError", "TfeLiteError", "TripleExhaustedError", "decode", "encode",
 ]

@@ -1,0 +1,148 @@
+"""A driving program for the runtime tests, run as its own process against `tfe-lite serve` players.
+
+    python driver.py run CLUSTER.json      the scenarios, placement (traced and executed), native kernels
+    python driver.py connect CLUSTER.json  connect only
+    python driver.py faults CLUSTER.json   compute; on each "go" line of stdin compute again, on "loop"
+                                           compute until a player is lost
+
+Each result is one line ``RESULT {json}`` on stdout. A driver that outlives its budget exits (faulthandler),
+so a hang shows as a traceback, never as a stuck test.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import glob
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+faulthandler.dump_traceback_later(120, exit=True)
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scenarios  # noqa: E402
+
+import tfe_lite  # noqa: E402
+from tfe_lite.protocols import Pond  # noqa: E402
+
+
+def emit(**result) -> None:
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def executed_ops(config: tfe_lite.RemoteConfig, work, duration_ms: int = 1500) -> dict[str, dict[str, str]]:
+    """Player -> {op name: op type} of the TensorFlow ops its own process executed while ``work`` looped,
+    from a trace of each player's profiler service (every TensorFlow gRPC server has one)."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            work()
+
+    runner = threading.Thread(target=loop)
+    runner.start()
+    logdirs = {name: tempfile.mkdtemp(prefix=f"trace-{name}-") for name in config.served}
+    tracers = [
+        threading.Thread(target=tf.profiler.experimental.client.trace, args=(f"grpc://{address}", logdirs[name], duration_ms))
+        for name, address in config.served.items()
+    ]
+    try:
+        for t in tracers:
+            t.start()
+        for t in tracers:
+            t.join(30)
+    finally:
+        stop.set()
+        runner.join(30)
+    executed = {}
+    for name, logdir in logdirs.items():
+        ops = {}
+        for path in glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True):
+            space = xplane_pb2.XSpace()
+            space.ParseFromString(Path(path).read_bytes())
+            for plane in space.planes:
+                for line in plane.lines:
+                    for event in line.events:
+                        label = plane.event_metadata[event.metadata_id].name
+                        op, sep, kind = label.rpartition(":")
+                        if sep and op and kind[:1].isupper() and "::" not in label and " " not in label:
+                            ops[op] = kind
+        executed[name] = ops
+    return executed
+
+
+def run(config: tfe_lite.RemoteConfig) -> None:
+    prot = Pond(config, seed=scenarios.SEED)
+    with config.guard():
+        results = scenarios.run(prot)
+        x = prot.share(np.ones((2, 2)), owner="alice")
+        devices = {"share0": x.share0.device, "share1": x.share1.device,
+                   "reveal_bob": x.reveal(to="bob").device, "reveal_alice": x.reveal(to="alice").device}
+        placed = scenarios.traced_placement(Pond(config, seed=scenarios.SEED), config)
+        prot2 = Pond(config, seed=scenarios.SEED)
+        w = prot2.share(scenarios.inputs()["w"], owner="bob")
+        predict = scenarios.predict_fn(prot2, w)
+        batch = tf.constant(scenarios.inputs()["batch"])
+        predict(batch)
+        x = scenarios.inputs()["x"]
+
+        def work():  # the traced computation, and fresh keys made by a new unseeded protocol
+            predict(batch).numpy()
+            Pond(config).share(x, owner="alice")
+
+        executed = executed_ops(config, work)
+        fresh = [Pond(config).share(x, owner="alice").share0.numpy().tolist() for _ in range(2)]
+    emit(results={k: v.tolist() for k, v in results.items()}, devices=devices,
+         players={p.name: p.device for p in config.players}, soft_placement=tf.config.get_soft_device_placement(),
+         placed=placed, executed=executed, fresh=fresh)
+
+
+def connect(config: tfe_lite.RemoteConfig) -> None:
+    start = time.monotonic()
+    try:
+        Pond(config)
+        emit(ok=True, seconds=time.monotonic() - start)
+    except tfe_lite.errors.TfeLiteError as error:
+        emit(ok=False, error=type(error).__name__, message=str(error), seconds=time.monotonic() - start)
+
+
+def faults(config: tfe_lite.RemoteConfig) -> None:
+    """Compute, then once per "go" line: compute again with a new protocol, reporting the outcome."""
+    v = scenarios.inputs()
+
+    def compute():
+        with config.guard():
+            prot = Pond(config, seed=scenarios.SEED)
+            return (prot.share(v["x"], owner="alice") @ prot.share(v["w"], owner="alice")).reveal(to="alice").numpy()
+
+    emit(ok=True, value=compute().tolist())
+    for line in sys.stdin:
+        command = line.strip()
+        if command not in ("go", "loop"):
+            break
+        runs, start = 0, time.monotonic()
+        try:
+            value = compute()
+            if command == "loop":  # compute until a player is lost (at most 60 s)
+                emit(looping=True)
+                while time.monotonic() - start < 60:
+                    value, runs = compute(), runs + 1
+            emit(ok=True, value=value.tolist(), seconds=time.monotonic() - start, runs=runs)
+        except tfe_lite.errors.TfeLiteError as error:
+            failed = time.monotonic()
+            emit(ok=False, error=type(error).__name__, message=str(error), seconds=failed - start, runs=runs)
+
+
+if __name__ == "__main__":
+    mode, path = sys.argv[1], sys.argv[2]
+    timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 20.0
+    {"run": run, "connect": connect, "faults": faults}[mode](tfe_lite.RemoteConfig.load(path, timeout=timeout))
+    sys.stdout.flush()

@@ -1,0 +1,168 @@
+"""The cluster file and RemoteConfig: bad input gets an error naming the file and the entry, before any
+connection; `tfe-lite serve` refuses bad input the same way (exit status 2)."""
+
+import json
+import socket
+import time
+
+import pytest
+
+import tfe_lite
+from tfe_lite import ConfigError, PlayerError, RemoteConfig
+from tfe_lite.players import Config
+from tfe_lite.runtime import cli, cluster
+from tfe_lite.runtime.wait import wait_for_players
+
+PLAYERS = {"server0": "127.0.0.1:4440", "server1": "127.0.0.1:4441", "crypto-producer": "127.0.0.1:4442",
+           "alice": "127.0.0.1:4443"}
+
+
+def write(tmp_path, data, name="cluster.json"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def test_remote_config_is_a_config_with_one_job_per_player(tmp_path):
+    config = RemoteConfig.load(write(tmp_path, {"players": PLAYERS, "driver": "alice"}))
+    assert isinstance(config, Config) and not config.connected
+    assert config.player_names == ("server0", "server1", "crypto-producer", "alice")
+    assert config.addresses == PLAYERS and config.driver == "alice"
+    assert config.served == {k: v for k, v in PLAYERS.items() if k != "alice"}
+    spec = config.cluster_spec().as_dict()
+    assert spec == {"server0": ["127.0.0.1:4440"], "server1": ["127.0.0.1:4441"],
+                    "crypto_producer": ["127.0.0.1:4442"], "alice": ["127.0.0.1:4443"]}
+    assert cluster.device_of("crypto-producer") == "/job:crypto_producer/replica:0/task:0/device:CPU:0"
+    assert tfe_lite.RemoteConfig is RemoteConfig
+
+
+def test_a_driver_that_is_no_player_gets_a_job_of_its_own():
+    config = RemoteConfig(PLAYERS, driver_address="127.0.0.1:4450")
+    assert config.cluster_spec().as_dict()["driver"] == ["127.0.0.1:4450"]
+    assert RemoteConfig(PLAYERS).cluster_spec().as_dict()["driver"][0].startswith("127.0.0.1:")
+
+
+def test_malformed_json_names_the_file_line_and_column(tmp_path):
+    path = write(tmp_path, '{"players": {"server0": "127.0.0.1:1",}}')
+    with pytest.raises(ConfigError, match=rf"{path}.*not valid JSON.*line 1 column 39"):
+        RemoteConfig.load(path)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.json.*No such file"):
+        RemoteConfig.load(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize("data,entry", [
+    ([1, 2], "expected a JSON object"),
+    ({"player": PLAYERS}, r"unknown entries \['player'\]"),
+    ({"driver": "alice"}, 'no "players" entry'),
+    ({"players": []}, '"players": expected a non-empty mapping'),
+])
+def test_wrong_structure(tmp_path, data, entry):
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError, match=rf"{path}.*{entry}|{entry}.*"):
+        RemoteConfig.load(path)
+
+
+def test_every_bad_entry_is_named_at_once(tmp_path):
+    players = {"server0": "127.0.0.1:4440", "server1": "127.0.0.1:4440", "alice": "127.0.0.1",
+               "bad name": "127.0.0.1:1", "bob": "127.0.0.1:70000"}
+    path = write(tmp_path, {"players": players})
+    with pytest.raises(ConfigError) as info:
+        RemoteConfig.load(path)
+    message = str(info.value)
+    assert f"{path}: players['server1']: duplicate address '127.0.0.1:4440', already the address of players['server0']" in message
+    assert f"{path}: players['alice']: expected an address \"host:port\"" in message and "Received: '127.0.0.1'" in message
+    assert f"{path}: players['bob']: expected an address" in message and "'127.0.0.1:70000'" in message
+    assert f"{path}: players['bad name']: invalid player name" in message
+    assert f"{path}: players: the protocol player 'crypto-producer' is missing" in message
+
+
+@pytest.mark.parametrize("extra,match", [
+    ({"driver": "carol"}, r"\"driver\": expected the name of one of the players.*'carol'"),
+    ({"driver": "alice", "driver_address": "127.0.0.1:9"}, r"\"driver_address\": not allowed with \"driver\""),
+    ({"driver_address": "127.0.0.1:4441"}, r"\"driver_address\": duplicate address '127.0.0.1:4441'.*server1"),
+    ({"driver_address": "nowhere"}, r"\"driver_address\": expected an address"),
+])
+def test_bad_driver_entries(tmp_path, extra, match):
+    path = write(tmp_path, {"players": PLAYERS, **extra})
+    with pytest.raises(ConfigError, match=match):
+        RemoteConfig.load(path)
+
+
+def test_names_that_map_to_one_job_are_refused():
+    with pytest.raises(ConfigError, match=r"players\['crypto_producer'\].*job 'crypto_producer', like 'crypto-producer'"):
+        RemoteConfig({**PLAYERS, "crypto_producer": "127.0.0.1:4449"})
+    with pytest.raises(ConfigError, match=r"players\['driver'\]: the job 'driver' is the driver's"):
+        RemoteConfig({**PLAYERS, "driver": "127.0.0.1:4449"})
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), "5", True])
+def test_timeout_is_validated(timeout):
+    with pytest.raises(ConfigError, match=r"`timeout`.*Received: timeout="):
+        RemoteConfig(PLAYERS, timeout=timeout)
+
+
+def test_unknown_player_of_a_remote_config():
+    with pytest.raises(PlayerError, match="'carol'"):
+        RemoteConfig(PLAYERS).get_player("carol")
+
+
+def test_waiting_is_bounded_and_names_each_unreachable_player_with_the_reason():
+    with socket.socket() as listening, socket.socket() as bound:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()  # accepts connections, never answers gRPC: not a TensorFlow server
+        silent = f"127.0.0.1:{listening.getsockname()[1]}"
+        bound.bind(("127.0.0.1", 0))
+        down = f"127.0.0.1:{bound.getsockname()[1]}"  # bound, not listening: refuses connections
+        start = time.monotonic()
+        with pytest.raises(tfe_lite.errors.PartyUnavailableError) as info:
+            wait_for_players({"server0": silent, "server1": down}, timeout=1.5, source="cluster.json")
+        assert time.monotonic() - start < 4
+    message = str(info.value)
+    assert "Could not reach 2 of 2 players of cluster.json within 1.5 s: " in message
+    assert f"'server0' at {silent} (no answer within" in message
+    assert f"'server1' at {down} (connection refused" in message
+    assert "tfe-lite serve --config" in message
+
+
+# ----------------------------------------------------------------------------------- tfe-lite serve
+def serve(capsys, *args):
+    status = cli.main(["serve", *args])
+    return status, capsys.readouterr().err
+
+
+def test_serve_refuses_an_unknown_player(tmp_path, capsys):
+    path = write(tmp_path, {"players": PLAYERS})
+    status, err = serve(capsys, "--config", str(path), "--player", "carol")
+    assert status == 2
+    assert f"error: {path}: no player 'carol' in \"players\"; the cluster has ['server0', 'server1', 'crypto-producer', 'alice']" in err
+
+
+def test_serve_refuses_the_driver_player_and_a_bad_file(tmp_path, capsys):
+    path = write(tmp_path, {"players": PLAYERS, "driver": "alice"})
+    status, err = serve(capsys, "--config", str(path), "--player", "alice")
+    assert status == 2 and f"{path}: players['alice']: 'alice' is the \"driver\"" in err
+    bad = write(tmp_path, {"players": {**PLAYERS, "server1": "127.0.0.1:4440"}}, "dup.json")
+    status, err = serve(capsys, "--config", str(bad), "--player", "server0")
+    assert status == 2 and f"{bad}: players['server1']: duplicate address" in err
+
+
+def test_serve_refuses_a_port_in_use_and_a_foreign_address(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = write(tmp_path, {"players": {**PLAYERS, "server0": f"127.0.0.1:{port}"}})
+        status, err = serve(capsys, "--config", str(path), "--player", "server0")
+    assert status == 2 and f"{path}: players['server0']: cannot serve there: port {port} is already in use" in err
+    path = write(tmp_path, {"players": {**PLAYERS, "server0": "192.0.2.1:4440"}}, "foreign.json")  # TEST-NET, never contacted
+    status, err = serve(capsys, "--config", str(path), "--player", "server0")
+    assert status == 2 and "192.0.2.1 (192.0.2.1) is not an address of this machine" in err
+
+
+def test_serve_requires_config_and_player(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", "--player", "server0"])
+    assert info.value.code == 2 and "--config" in capsys.readouterr().err

@@ -1,0 +1,126 @@
+"""Pond against four `tfe-lite serve` players and a driver process (running as the player bob).
+
+The driver runs tests/runtime/scenarios.py: its results must equal local mode's (same seeds, bit for bit)
+and the plaintext within the fixed-point bounds of tests/protocols/oracle.py; every op must run in the
+process of the player the protocol placed it on (from each player's own profiler trace).
+"""
+
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import scenarios
+import tfe_lite
+from conftest import terminate
+from tfe_lite.protocols import Pond
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "protocols"))
+from oracle import assert_close, conv_tol, encode_tol, matmul_tol, mul_tol  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory):
+    """The driver's report from one run against the players (started and stopped here)."""
+    from conftest import Processes, write_cluster
+
+    cluster = write_cluster(tmp_path_factory.mktemp("remote") / "cluster.json", scenarios.PLAYERS, driver="bob")
+    processes = Processes(cluster)
+    try:
+        processes.serve("server0", "server1", "crypto-producer", "alice")
+        report = processes.driver("run").result()
+        # SIGTERM and SIGINT stop a player cleanly (status 0, a log line).
+        assert terminate(processes.players["server0"], signal.SIGTERM) == 0
+        assert terminate(processes.players["alice"], signal.SIGINT) == 0
+        for name in ("server0", "alice"):
+            processes.players[name].expect(f"tfe-lite serve: player {name!r} stopping", 5)
+        yield report
+    finally:
+        processes.close()
+
+
+@pytest.fixture(scope="module")
+def local():
+    config = tfe_lite.LocalConfig(["alice", "bob"])
+    return scenarios.run(Pond(config, seed=scenarios.SEED)), config
+
+
+def test_results_equal_local_mode_bit_for_bit(remote, local):
+    results, _ = local
+    assert sorted(remote["results"]) == sorted(results)
+    for name, value in results.items():
+        np.testing.assert_array_equal(np.asarray(remote["results"][name]), value, err_msg=name)
+
+
+def test_results_equal_the_plaintext_within_fixed_point_bounds(remote):
+    prot = Pond(tfe_lite.LocalConfig(["alice", "bob"]))  # for its fixed-point settings only
+    v = scenarios.inputs()
+    expected = scenarios.plaintext(v)
+    got = {k: np.asarray(r) for k, r in remote["results"].items()}
+    conv = lambda a, b: tf.nn.conv2d(a, b, 1, "SAME").numpy()  # noqa: E731
+    tolerances = {
+        "shared": encode_tol(prot), "sum": 2 * encode_tol(prot), "scaled": mul_tol(prot, v["x"], 1.5),
+        "product": mul_tol(prot, v["x"], v["y"]), "square": mul_tol(prot, v["x"], v["x"]),
+        "matmul": matmul_tol(prot, v["x"], v["w"]), "conv2d": conv_tol(prot, conv, v["images"], v["filters"]),
+        "traced_1": matmul_tol(prot, v["batch"], v["w"]), "traced_2": matmul_tol(prot, v["batch"] + 1.0, v["w"]),
+    }
+    for name, tol in tolerances.items():
+        assert_close(got[name], expected[name], tol)
+
+
+def test_players_are_jobs_of_the_cluster_and_tensors_live_there(remote):
+    players = remote["players"]
+    assert players["crypto-producer"] == "/job:crypto_producer/replica:0/task:0/device:CPU:0"
+    assert remote["devices"] == {
+        "share0": players["server0"], "share1": players["server1"],
+        "reveal_bob": players["bob"], "reveal_alice": players["alice"],
+    }
+    assert remote["soft_placement"] is False  # an op runs where it is placed or fails
+
+
+def test_traced_graph_places_every_op_on_the_same_player_as_local_mode(remote, local):
+    _, config = local
+    local_placed = scenarios.traced_placement(Pond(config, seed=scenarios.SEED), config)
+    assert {name: tuple(p) for name, p in remote["placed"].items()} == {name: tuple(p) for name, p in local_placed.items()}
+    assert {player for player, _ in remote["placed"].values()} == set(scenarios.PLAYERS)
+
+
+def test_each_op_executes_in_the_process_of_the_player_it_was_placed_on(remote):
+    placed, executed = remote["placed"], remote["executed"]
+    assert set(executed) == {"server0", "server1", "crypto-producer", "alice"}
+    for player, ops in executed.items():
+        # Eager ops (the keys of new protocols) show as name == type: not the traced graph's.
+        ours = {name: kind for name, kind in ops.items() if name in placed and name != kind}
+        assert len(ours) >= 10, f"too few ops of the traced graph seen executing on {player}: {ours}"
+        wrong = {name: placed[name][0] for name in ours if placed[name][0] != player}
+        assert not wrong, f"ops executed on {player} but placed elsewhere: {wrong}"
+    # The protocol's stateful and heavy ops (which Grappler neither folds nor prunes) were each seen
+    # running where they were placed; with soft placement off, TensorFlow runs an op there or fails.
+    kinds = {"RingMatMul", "ChaCha20Keystream", "RngReadAndSkip", "MatMul"}
+    heavy = {name: player for name, (player, kind) in placed.items() if kind in kinds and player in executed}
+    assert len(heavy) >= 8
+    missing = {name: player for name, player in heavy.items() if name not in executed[player]}
+    assert not missing, missing
+
+
+def test_native_kernels_run_on_the_players(remote):
+    executed = remote["executed"]
+    if tfe_lite.ops.available():
+        assert "RingMatMul" in executed["server0"].values() and "RingMatMul" in executed["server1"].values()
+        assert "RingMatMul" in executed["crypto-producer"].values()  # the triple's c = a @ b
+        assert "ChaCha20Keystream" in executed["alice"].values()  # alice's share mask
+    else:
+        assert "RingMatMul" not in {k for ops in executed.values() for k in ops.values()}
+
+
+def test_keys_are_made_on_each_players_own_process_and_fresh(remote):
+    if tfe_lite.ops.available():
+        for player, ops in remote["executed"].items():
+            assert "SystemRandomKey" in ops.values(), player  # its OS CSPRNG, in its own process
+    first, second = (np.asarray(s, np.int64) for s in remote["fresh"])
+    assert (first != second).all()  # two unseeded protocols: independent keys, independent shares

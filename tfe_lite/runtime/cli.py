@@ -1,0 +1,135 @@
+"""``tfe-lite serve --config cluster.json --player NAME``: run one player's TensorFlow gRPC server.
+
+The server is TensorFlow's own (``tf.distribute.Server``, protocol ``grpc``) for the player's job in the
+cluster file. Before it starts, the command checks the file and the player (errors name the file and the
+entry, exit status 2), that the player's host is an address of this machine and its port free, and loads
+tfe_lite's native op library when it is built, so the driver can place native kernels (``RingMatMul``,
+``ChaCha20Keystream``...) on this player. It then prints ``tfe-lite serve: player 'NAME' ready at ADDRESS``
+on standard output and serves until SIGINT or SIGTERM, on which it exits with status 0.
+
+TensorFlow's gRPC server offers no choice of interface: it listens on every interface of the machine at
+the port (``0.0.0.0`` / ``[::]``), whatever host the address names. Keep that port closed to the network
+(firewall) and reach players through an authenticated tunnel (README, "Multi-host"); ``--listen-port``
+lets a tunnel end on this host take the address's port while the server listens on another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import Sequence
+
+from tfe_lite.errors import ConfigError, RuntimeConfigError
+from tfe_lite.runtime import cluster as cluster_file
+from tfe_lite.runtime.cluster import job_name, split_address
+
+PROG = "tfe-lite"
+
+
+def log(message: str) -> None:
+    print(f"{PROG} serve: {message}", flush=True)
+
+
+def _check_port(where: str, host: str, port: int) -> None:
+    """The host must be this machine's and the port free on it and on the wildcard address TF binds."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise ConfigError(f"{where}: cannot resolve the host {host!r}: {error.strerror}.") from None
+    problems = []
+    for family, _, _, _, sockaddr in infos:
+        for target, label in ((sockaddr, f"{host} ({sockaddr[0]})"), (("", port), "all interfaces")):
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(target)
+                except OSError as error:
+                    if error.errno == errno.EADDRNOTAVAIL:
+                        problems.append(f"{label} is not an address of this machine")
+                    elif error.errno == errno.EADDRINUSE:
+                        problems.append(f"port {port} is already in use on {label}")
+                    else:
+                        problems.append(f"cannot bind {label} port {port}: {error.strerror}")
+                    break
+        else:
+            return  # one resolved address works on this machine
+    raise ConfigError(f"{where}: cannot serve there: {'; '.join(dict.fromkeys(problems))}.")
+
+
+def _load_native_ops() -> str:
+    from tfe_lite import ops
+
+    library = ops._load()  # raises RuntimeConfigError for a library that exists but does not load
+    return f"native ops loaded from {ops.LIBRARY_PATH}" if library is not None else (
+        "native ops not built (`make ops`): the pure TensorFlow kernels serve")
+
+
+def serve(config: str, player: str, *, listen_port: int | None = None, stop: threading.Event | None = None) -> int:
+    """Run ``player``'s server from the cluster file ``config`` until SIGINT/SIGTERM (or ``stop`` is set)."""
+    found = cluster_file.load(config)
+    cluster_file.check_player(found, player)
+    where = found.where(f"players[{player!r}]")
+    if found.driver == player:
+        raise ConfigError(f"{where}: {player!r} is the \"driver\" of this cluster: its server runs in the driving program, not in `tfe-lite serve`.")
+    address = found.players[player]
+    host, port = split_address(address)
+    if listen_port is not None and not (isinstance(listen_port, int) and 1 <= listen_port <= 65535):
+        raise ConfigError(f"Received an invalid value for `--listen-port`, expected a port in 1-65535. Received: {listen_port!r}")
+    listen = listen_port or port
+    _check_port(where, host, listen)
+    native = _load_native_ops()
+
+    import tensorflow as tf
+
+    job = job_name(player)
+    server_def = tf.train.ServerDef(
+        cluster=tf.train.ClusterSpec({job: [address]}).as_cluster_def(), job_name=job, task_index=0,
+        protocol="grpc", port=listen if listen != port else 0,
+    )
+    stop = stop or threading.Event()
+    received: list[str] = []
+
+    def on_signal(signum, frame):
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, on_signal)
+    server = tf.distribute.Server(server_def, start=True)
+    log(f"player {player!r} ready at {address} (TensorFlow job {job!r}, target {server.target}; gRPC listens on "
+        f"all interfaces at port {listen}; {native}; pid {os.getpid()})")
+    while not stop.wait(0.5):
+        pass
+    log(f"player {player!r} stopping ({received[0] if received else 'stop requested'})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description="tfe_lite's command line.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser(
+        "serve", help="run one player's TensorFlow gRPC server", description=__doc__.split("\n\n")[1],
+    )
+    serve_parser.add_argument("--config", required=True, metavar="CLUSTER.json", help="the cluster file")
+    serve_parser.add_argument("--player", required=True, help="the player this process runs")
+    serve_parser.add_argument("--listen-port", type=int, default=None, metavar="PORT",
+                              help="listen on this port instead of the address's own (a tunnel end takes that one)")
+    args = parser.parse_args(argv)
+    try:
+        status = serve(args.config, args.player, listen_port=args.listen_port)
+    except (ConfigError, RuntimeConfigError) as error:
+        print(f"{PROG} serve: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    sys.stdout.flush()
+    # TensorFlow's gRPC server cannot be shut down in process (its Stop is unimplemented): leave at once.
+    os._exit(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
