@@ -19,6 +19,7 @@ from tfe_lite.random import RandomStreams
 
 from . import beaver, checks, comparison, linear
 from .comm import Channel
+from .functions import _ADD, ComparisonOps
 from .dealer import OnlineDealer, PrecomputedDealer, TripleSource, TripleSpec
 from .tensors import PondTensor, PrivateTensor, PublicTensor
 from .truncation import truncate_private, truncate_public
@@ -29,7 +30,7 @@ _PRIV, _PUB = PrivateTensor, PublicTensor
 DRIVER = Player("driver", "")
 
 
-class Pond:
+class Pond(ComparisonOps):
     """Pond three-party computation: two servers hold additive shares over Z/2^64, a producer deals triples.
 
     Pond (Dahl et al., "Private Machine Learning in TensorFlow using Secure Computation", 2018) is secure
@@ -56,10 +57,13 @@ class Pond:
 
     Operators on Pond tensors: ``+ - *`` (elementwise, numpy broadcasting), ``@`` (matmul), unary ``-``,
     ``/`` by a public value, ``**`` by a positive integer, indexing ``x[...]`` and iteration over the first
-    axis. A numpy array, Python number or ``tf.Tensor`` on either side is a *public* operand (known to both
-    servers); a ``tf.Tensor`` on a data owner's device is refused (``share`` it, or pass
-    ``prot.public(value)`` to make it public on purpose). There is no ``/`` by a private value and no
-    comparison operator yet.
+    axis, and the comparisons ``< > <= >=`` (private fixed-point 0/1 results, exact). A numpy array, Python
+    number or ``tf.Tensor`` on either side is a *public* operand (known to both servers); a ``tf.Tensor``
+    on a player's device is refused (``share`` it). There is no ``/`` by a private value (``reciprocal``).
+
+    Non-linear operations (exact, on the comparison protocol of :mod:`.comparison`): ``less``,
+    ``greater``, ``less_equal``, ``greater_equal``, ``sign``, ``relu`` (with its derivative mask),
+    ``maximum``, ``reduce_max``, ``argmax``, ``max_pool2d``.
 
     Operations and their cost (``n`` elements; 8 bytes a ring element; a seed is 32 bytes):
 
@@ -444,12 +448,6 @@ def _product_local(prot, x, y, spec):
     return truncate_public(prot, linear.local2(prot, x, y, spec.apply, PublicTensor))
 
 
-_ADD = {
-    (_PRIV, _PRIV): linear.add_private_private,
-    (_PRIV, _PUB): linear.add_private_public,
-    (_PUB, _PRIV): linear.add_public_private,
-    (_PUB, _PUB): linear.add_public_public,
-}
 
 _PRODUCT = {
     (_PRIV, _PRIV): _product_private_private,

@@ -14,8 +14,9 @@ import tensorflow as tf
 class PondTensor:
     """Operators shared by public and private tensors; each forwards to ``self.protocol``.
 
-    ``+ - * @ / **``, unary ``-``, ``x[index]`` and iteration over the first axis. A numpy array, Python
-    number or host ``tf.Tensor`` on either side is a public operand. There are no comparison operators.
+    ``+ - * @ / **``, unary ``-``, ``x[index]``, iteration over the first axis and ``< > <= >=`` (exact,
+    private fixed-point 0/1). A numpy array, Python number or host ``tf.Tensor`` on either side is a public
+    operand.
     """
 
     protocol = None  # set by subclasses
@@ -54,6 +55,20 @@ class PondTensor:
 
     def __rmatmul__(self, other):
         return self.protocol.matmul(other, self)
+
+    def __lt__(self, other):
+        return self.protocol.less(self, other)
+
+    def __gt__(self, other):
+        return self.protocol.greater(self, other)
+
+    def __le__(self, other):
+        return self.protocol.less_equal(self, other)
+
+    def __ge__(self, other):
+        return self.protocol.greater_equal(self, other)
+
+    __hash__ = object.__hash__
 
     def __truediv__(self, other):
         return self.protocol.div(self, other)

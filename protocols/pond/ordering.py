@@ -1,0 +1,143 @@
+"""Comparisons and what is built from them: less, sign, relu (with its derivative mask), maximum, the max and
+argmax of an axis, max pooling. Every one is exact on the fixed-point encodings (no approximation, no failure
+probability): each rests on the sign-bit protocol of :mod:`.comparison` (8 rounds, 370 bytes per compared
+element between the servers) and, where a bit selects a value, one Beaver product of the value with the raw
+bit (1 round, 32 bytes per element; exact, no truncation, since the bit is an integer).
+
+Bits below are *raw*: additive shares of 0 or 1 (not fixed-point encoded). The public functions return
+fixed-point 0/1 (a local multiplication by ``2**frac_bits``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfe_lite import ring
+
+from . import beaver, comparison, linear
+from .dealer import TripleSpec
+from .tensors import PrivateTensor
+
+
+def raw_bit_negative(prot, x: PrivateTensor) -> PrivateTensor:
+    """Raw shares of ``[x < 0]``."""
+    return comparison.msb(prot, x)
+
+
+def bit_times(prot, x: PrivateTensor, bit: PrivateTensor) -> PrivateTensor:
+    """``x * bit`` for a raw bit (exact: no truncation)."""
+    return beaver.product(prot, x, bit, TripleSpec("mul", tuple(x.shape), tuple(bit.shape)))
+
+
+def one_minus(prot, bit: PrivateTensor) -> PrivateTensor:
+    """Raw ``1 - bit``."""
+    with tf.device(prot.server0.device):
+        s0 = 1 - bit.share0
+    with tf.device(prot.server1.device):
+        s1 = -bit.share1
+    return PrivateTensor(prot, s0, s1)
+
+
+def to_fixed(prot, bit: PrivateTensor) -> PrivateTensor:
+    """A raw integer tensor as a fixed-point one (local, exact)."""
+    return linear.local(prot, bit, lambda t: t * np.int64(prot.fixedpoint.scale))
+
+
+def select(prot, bit: PrivateTensor, x: PrivateTensor, y: PrivateTensor) -> PrivateTensor:
+    """``x`` where the raw ``bit`` is 1, else ``y``: ``y + bit * (x - y)`` (one product)."""
+    diff = linear.add_private_private(prot, x, linear.local(prot, y, tf.negative))
+    return linear.add_private_private(prot, y, bit_times(prot, diff, bit))
+
+
+def relu(prot, x: PrivateTensor) -> tuple[PrivateTensor, PrivateTensor]:
+    """``max(x, 0)`` and the raw mask ``[x >= 0]`` (one comparison, one product)."""
+    mask = one_minus(prot, raw_bit_negative(prot, x))
+    return bit_times(prot, x, mask), mask
+
+
+def _pairwise(prot, x: PrivateTensor, axis: int, onehot: PrivateTensor | None):
+    """One tournament round along ``axis``: elements ``2i`` and ``2i + 1`` meet, the larger goes on (the
+    first on ties); an odd last element goes on unopposed. ``onehot`` (``x``'s shape plus a last axis) follows."""
+    n = x.shape[axis]
+    half = n // 2
+
+    def take(start, stop, step=2):
+        def fn(t):
+            index = [slice(None)] * t.shape.rank
+            index[axis] = slice(start, stop, step)
+            return t[tuple(index)]
+        return fn
+
+    left, right = linear.local(prot, x, take(0, 2 * half)), linear.local(prot, x, take(1, 2 * half))
+    right_wins = raw_bit_negative(prot, linear.add_private_private(prot, left, linear.local(prot, right, tf.negative)))
+    value = select(prot, right_wins, right, left)
+    if onehot is not None:
+        bit = linear.local(prot, right_wins, lambda t: tf.expand_dims(t, -1))
+        onehot_next = select(prot, bit, linear.local(prot, onehot, take(1, 2 * half)),
+                             linear.local(prot, onehot, take(0, 2 * half)))
+    if n % 2:
+        value = _concat(prot, [value, linear.local(prot, x, take(n - 1, n, 1))], axis)
+        if onehot is not None:
+            onehot_next = _concat(prot, [onehot_next, linear.local(prot, onehot, take(n - 1, n, 1))], axis)
+    return value, (onehot_next if onehot is not None else None)
+
+
+def _concat(prot, parts, axis):
+    out = []
+    for i, server in enumerate((prot.server0, prot.server1)):
+        with tf.device(server.device):
+            out.append(tf.concat([p.shares[i] for p in parts], axis))
+    return PrivateTensor(prot, *out)
+
+
+def reduce_max(prot, x: PrivateTensor, axis: int, with_argmax: bool = False):
+    """Max over ``axis`` (removed) by a tournament: ``ceil(log2 n)`` rounds of comparisons; with
+    ``with_argmax`` also the fixed-point one-hot of the first maximal element (``x``'s shape)."""
+    n = x.shape[axis]
+    onehot = None
+    if with_argmax:
+        eye = np.eye(n, dtype=np.int64) * prot.fixedpoint.scale  # row i: the one-hot of position i
+        shape = [1] * x.shape.rank + [n]
+        shape[axis] = n
+        row = np.reshape(eye, shape)
+        onehot_shape = x.shape.as_list() + [n]
+        with tf.device(prot.server0.device):
+            o0 = tf.broadcast_to(tf.constant(row), onehot_shape)
+        with tf.device(prot.server1.device):
+            o1 = tf.zeros(onehot_shape, tf.int64)
+        onehot = PrivateTensor(prot, o0, o1)
+    while x.shape[axis] > 1:
+        x, onehot = _pairwise(prot, x, axis, onehot)
+    value = linear.local(prot, x, lambda t: tf.squeeze(t, axis))
+    if not with_argmax:
+        return value
+    return value, linear.local(prot, onehot, lambda t: tf.squeeze(t, axis))
+
+
+def max_pool2d(prot, x: PrivateTensor, pool_size, strides, padding: str) -> PrivateTensor:
+    """Max pooling like ``tf.nn.max_pool2d``: local window extraction, then a tournament per window.
+
+    SAME padding pads with ``-(2**int_bits)``, below every encodable value, so a pad never wins."""
+    kh, kw = pool_size
+    channels = x.shape[-1]
+    if padding == "SAME":
+        pads = []
+        for size, k, s in zip(x.shape[1:3], pool_size, strides):
+            out = -(-size // s)
+            total = max((out - 1) * s + k - size, 0)
+            pads.append((total // 2, total - total // 2))
+        low = -(np.int64(1) << np.int64(prot.fixedpoint.int_bits + prot.fixedpoint.frac_bits))
+        out = []
+        for i, server in enumerate((prot.server0, prot.server1)):
+            with tf.device(server.device):
+                out.append(tf.pad(x.shares[i], [(0, 0), *pads, (0, 0)], constant_values=low if i == 0 else 0))
+        x = PrivateTensor(prot, *out)
+
+    def windows(t):
+        cols = ring.patches(t, (kh, kw), strides, "VALID")
+        return tf.reshape(cols, tf.concat([tf.shape(cols)[:3], [kh * kw, channels]], axis=0))
+
+    cols = linear.local(prot, x, windows)
+    cols = PrivateTensor(prot, *(tf.ensure_shape(c, [x.shape[0], None, None, kh * kw, channels]) for c in cols.shares))
+    return reduce_max(prot, cols, axis=3)
