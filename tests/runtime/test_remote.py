@@ -5,7 +5,9 @@ and the plaintext within the fixed-point bounds of tests/protocols/oracle.py; ev
 process of the player the protocol placed it on (from each player's own profiler trace).
 """
 
+import re
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from oracle import assert_close, conv_tol, encode_tol, matmul_tol, mul_tol  # no
 
 pytestmark = pytest.mark.slow
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "multi_host.py"
+
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory):
@@ -34,6 +38,15 @@ def remote(tmp_path_factory):
     try:
         processes.serve("server0", "server1", "crypto-producer", "alice")
         report = processes.driver("run").result()
+        # The example, against the same players and in local mode (at once), with the same seed.
+        example = [sys.executable, str(EXAMPLE), "--seed", "5", "--size", "32"]
+        runs = {mode: subprocess.Popen(example + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=EXAMPLE.parent)
+                for mode, extra in (("remote", ["--config", str(cluster), "--timeout", "20"]), ("local", []))}
+        report["example"] = {}
+        for mode, run in runs.items():
+            out, err = run.communicate(timeout=120)
+            assert run.returncode == 0, err[-3000:]
+            report["example"][mode] = out
         # SIGTERM and SIGINT stop a player cleanly (status 0, a log line).
         assert terminate(processes.players["server0"], signal.SIGTERM) == 0
         assert terminate(processes.players["alice"], signal.SIGINT) == 0
@@ -124,3 +137,13 @@ def test_keys_are_made_on_each_players_own_process_and_fresh(remote):
             assert "SystemRandomKey" in ops.values(), player  # its OS CSPRNG, in its own process
     first, second = (np.asarray(s, np.int64) for s in remote["fresh"])
     assert (first != second).all()  # two unseeded protocols: independent keys, independent shares
+
+
+def test_the_example_gives_the_local_result_on_the_cluster(remote):
+    local, multi = remote["example"]["local"], remote["example"]["remote"]
+    assert "== local, one process" in local and "== multi-host" in multi and "driver runs as bob" in multi
+    assert "/job:crypto_producer/replica:0/task:0/device:CPU:0" in multi
+    digest = re.compile(r"result digest \(sha256\): ([0-9a-f]{16})")
+    assert digest.search(multi)[1] == digest.search(local)[1]
+    error = float(re.search(r"max \|private - plaintext\| = (\S+)", multi)[1])
+    assert error < 33.01 * 2.0 ** -16  # oracle.matmul_tol: sum_k (|x| + |w|) u/2 + u, values in [-1, 1], k = 32
