@@ -22,7 +22,7 @@ Fixed-point range: the sum is exact modulo 2^64 and decodes correctly only while
 stays inside ``±2**int_bits``. Before the round the caller states a public bound of each client's
 entries per segment (``bounds``: ``[(name, size, bound)]``); :meth:`SecureAggregator.check_range` refuses
 a round whose bounds can add up to the range, and each client checks on its own device that its vector
-respects its bounds before sharing it; both raise :class:`~tfe_lite.errors.EncodingError` naming what
+respects its bounds before sharing it (one bit, whether they hold, leaves the device); both raise :class:`~tfe_lite.errors.EncodingError` naming what
 to change. Encoding rounds every entry to ``2**-frac_bits``, so the revealed sum is within
 ``k * 2**-(frac_bits + 1)`` of the exact sum of ``k`` vectors.
 """
@@ -82,16 +82,6 @@ def send(tensor: tf.Tensor, src: Player, dst: Player, traffic: Traffic | None) -
     return received
 
 
-def pack(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
-    """One flat float32 vector from ``tensors``, built where the caller's device scope says."""
-    return tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1]) for t in tensors], 0)
-
-
-def unpack(vector: tf.Tensor, shapes: Sequence[tf.TensorShape]) -> list[tf.Tensor]:
-    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-    return [tf.reshape(part, s) for part, s in zip(tf.split(vector, sizes), shapes)]
-
-
 def _check_placement(client: Player, vector: tf.Tensor) -> None:
     if tf.executing_eagerly() and not same_device(vector.device, client.device):
         raise PlacementError(
@@ -136,8 +126,13 @@ class SecureAggregator:
     Args:
         protocol: a :class:`tfe_lite.protocols.Pond` over the config of the clients and the aggregator.
         aggregator: the player the sum is revealed to.
-        traffic: where the protocol's transfers (shares, reveal) are counted.
+        traffic: where the protocol's transfers (shares, reveal) are counted, once per round.
         min_clients: fewest submissions whose sum may be revealed (default 2).
+
+    Each client's submission is one traced function (made on its first submission, reused every round):
+    on the client's device it checks the bounds and encodes and masks the vector (``protocol.share``);
+    server0 and server1 add their shares into running sums held in variables on their own devices. The
+    round's sum exists only as those two shares until :meth:`result` reveals it to the aggregator.
     """
 
     secure = True
@@ -152,14 +147,26 @@ class SecureAggregator:
         self.aggregator = protocol.config.get_player(aggregator)
         self.traffic = traffic
         self.min_clients = min_clients
-        self.begin()
+        self._sums: dict[int, tuple[tf.Variable, tf.Variable]] = {}
+        self._submitters: dict[tuple[str, int, tuple[int, ...]], tf.types.experimental.GenericFunction] = {}
+        self._count: contextlib.ExitStack | None = None
+        self._size: int | None = None
+        self.senders: list[str] = []
 
     @property
     def bound(self) -> float:
         return self.protocol.fixedpoint.bound
 
     def begin(self) -> None:
-        self._sum, self.senders = None, []
+        """Start a round: the servers' running sums are zeroed, the round's traffic counted from here."""
+        self._close_count()
+        self.senders, self._size = [], None
+        for share0, share1 in self._sums.values():
+            share0.assign(tf.zeros_like(share0))
+            share1.assign(tf.zeros_like(share1))
+        if self.traffic is not None:
+            self._count = contextlib.ExitStack()
+            self._log = self._count.enter_context(self.protocol.count_communication())
 
     def check_range(self, totals: dict[str, float]) -> None:
         """Refuse a round whose per-segment bounds, summed over its clients, can leave the range."""
@@ -176,60 +183,82 @@ class SecureAggregator:
     def submit(self, client: Player, vector: tf.Tensor, bounds: Bounds = ()) -> None:
         """Check ``vector`` against ``bounds`` on the client's device, then share it from there."""
         _check_placement(client, vector)
-        vector = self._check_bounds(client, vector, bounds)
-        with self._counted():
-            shared = self.protocol.share(vector, owner=client.name)
-            self._sum = shared if self._sum is None else self._sum + shared
+        if not bounds:
+            raise ConfigError("Secure aggregation needs the public bounds of every submitted vector.")
+        sizes = tuple(size for _, size, _ in bounds)
+        n = vector.shape.num_elements()
+        if sum(sizes) != n:
+            raise ConfigError(f"`bounds` cover {sum(sizes)} entries; the vector of {client.name!r} has {n}.")
+        if self._size not in (None, n):
+            raise ConfigError(f"All vectors of a round must have one size; {client.name!r} sent {n}, others {self._size}.")
+        self._size = n
+        limits = tf.constant([bound for _, _, bound in bounds], tf.float32)
+        try:
+            self._submitter(client, n, sizes)(vector, limits)
+        except tf.errors.InvalidArgumentError as error:
+            if "refuses to share" not in str(error):
+                raise
+            self._refuse(client, vector, bounds)
         self.senders.append(client.name)
 
     def result(self) -> tf.Tensor | None:
         """The float64 sum, revealed on the aggregator's device; None (nothing revealed) below ``min_clients``."""
-        if len(self.senders) < self.min_clients:
-            self._sum = None
-            return None
-        with self._counted():
-            return self._sum.reveal(to=self.aggregator.name, dtype=tf.float64)
+        try:
+            if len(self.senders) < self.min_clients or self._size is None:
+                return None
+            share0, share1 = self._sums[self._size]
+            total = self.protocol.from_shares(share0.read_value(), share1.read_value(), fixedpoint=self.protocol.fixedpoint)
+            return total.reveal(to=self.aggregator.name, dtype=tf.float64)
+        finally:
+            self._close_count()
 
-    @contextlib.contextmanager
-    def _counted(self):
-        """Count the protocol's transfers into ``traffic`` (eagerly; a traced call is counted by its caller)."""
-        if self.traffic is None or not tf.executing_eagerly():
-            yield
-            return
-        with self.protocol.count_communication() as log:
-            yield
-        self.traffic.merge(log.by_link())
+    # ------------------------------------------------------------------------------------------ helpers
+    def _close_count(self) -> None:
+        if self._count is not None:
+            self._count.close()
+            self._count = None
+            self.traffic.merge(self._log.by_link())
+
+    def _submitter(self, client: Player, n: int, sizes: tuple[int, ...]):
+        key = (client.name, n, sizes)
+        if key in self._submitters:
+            return self._submitters[key]
+        if n not in self._sums:
+            with tf.device(self.protocol.server0.device):
+                share0 = tf.Variable(tf.zeros([n], tf.int64), trainable=False, name="sum_share0")
+            with tf.device(self.protocol.server1.device):
+                share1 = tf.Variable(tf.zeros([n], tf.int64), trainable=False, name="sum_share1")
+            self._sums[n] = (share0, share1)
+        share0, share1 = self._sums[n]
+        protocol, names = self.protocol, f"Client {client.name!r} refuses to share"
+
+        def submit(vector, limits):
+            with tf.device(client.device):  # the bounds are checked where the vector is
+                maxima = tf.stack([tf.reduce_max(tf.abs(part)) for part in tf.split(vector, list(sizes))])
+                within = tf.reduce_all(tf.logical_and(tf.math.is_finite(maxima), maxima <= limits))
+                check = tf.debugging.Assert(within, [f"{names}: its entries exceed the bounds that keep the secure sum "
+                                                     "in the fixed-point range."])
+                with tf.control_dependencies([check]):
+                    vector = tf.identity(vector)
+            shared = protocol.share(vector, owner=client.name)
+            with tf.device(protocol.server0.device):
+                share0.assign_add(shared.share0)
+            with tf.device(protocol.server1.device):
+                share1.assign_add(shared.share1)
+
+        signature = [tf.TensorSpec([n], tf.float32), tf.TensorSpec([len(sizes)], tf.float32)]
+        self._submitters[key] = tf.function(submit, input_signature=signature, autograph=False)
+        return self._submitters[key]
 
     @eager_serialized
-    def _check_bounds(self, client: Player, vector: tf.Tensor, bounds: Bounds) -> tf.Tensor:
-        """``vector``, once the client has checked on its device that it respects ``bounds``.
-
-        One bit leaves the device each round (whether the bounds hold); only a client that refuses reports
-        its largest magnitudes, to say what is wrong. Inside a ``tf.function`` the check is an assertion
-        placed on the client's device.
-        """
-        if not bounds:
-            raise ConfigError("Secure aggregation needs the public bounds of every submitted vector.")
-        sizes = [size for _, size, _ in bounds]
-        if sum(sizes) != vector.shape.num_elements():
-            raise ConfigError(f"`bounds` cover {sum(sizes)} entries; the vector of {client.name!r} has {vector.shape.num_elements()}.")
+    def _refuse(self, client: Player, vector: tf.Tensor, bounds: Bounds) -> None:
+        """The client reports why it refused to share (its largest magnitudes leave its device only now)."""
         with tf.device(client.device):
-            maxima = tf.stack([tf.reduce_max(tf.abs(part)) for part in tf.split(vector, sizes)])
-            limits = tf.constant([bound for _, _, bound in bounds], tf.float32)
-            within = tf.reduce_all(tf.logical_and(tf.math.is_finite(maxima), maxima <= limits))
-            if not tf.executing_eagerly():
-                names = ", ".join(f"`{name}` <= {bound:g}" for name, _, bound in bounds)
-                check = tf.debugging.Assert(within, [f"Client {client.name!r} refuses to share: its entries exceed the bounds "
-                                                     f"({names}) that keep the secure sum in the fixed-point range."])
-                with tf.control_dependencies([check]):
-                    return tf.identity(vector)
-        if bool(within.numpy()):
-            return vector
-        for (name, _, bound), largest in zip(bounds, maxima.numpy()):
+            maxima = tf.stack([tf.reduce_max(tf.abs(p)) for p in tf.split(vector, [size for _, size, _ in bounds])]).numpy()
+        for (name, _, bound), largest in zip(bounds, maxima):
             if not np.isfinite(largest) or largest > bound:
                 raise EncodingError(
                     f"Client {client.name!r} cannot share its `{name}` entries: the largest magnitude is "
                     f"{float(largest):g}, above the bound {bound:g} that keeps the secure sum inside the fixed-point "
                     "range. Lower the client learning rate, or use a fixed-point config with more int_bits."
                 )
-        return vector

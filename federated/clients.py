@@ -36,6 +36,7 @@ from tfe_lite.devices import eager_serialized
 from tfe_lite.errors import ConfigError
 
 from .data import ClientData
+from .vectors import pack, unpack
 from .workers import same_device
 
 _SGD_UNSUPPORTED = ("weight_decay", "clipnorm", "global_clipnorm", "clipvalue", "loss_scale_factor",
@@ -94,10 +95,11 @@ class ClientSGD:
 class LocalTraining:
     """One client's local training as one traced function, placed where it is called.
 
-    ``training(weights, x, y, epochs, seed)`` runs ``epochs`` passes over ``(x, y)`` in batches of
-    ``batch_size`` (the last one smaller), reshuffled each epoch with the stateless ``seed`` when
-    ``shuffle``, and returns ``(update, mean loss, examples seen)``; the update is ``w_local - weights``.
-    With ``proximal_mu > 0`` each gradient gets FedProx's ``mu * (w - weights)``.
+    ``training(weights, x, y, epochs, seed)`` takes the global weights as one flat float32 vector
+    (:func:`~tfe_lite.federated.vectors.pack` of the trainable variables), runs ``epochs`` passes over
+    ``(x, y)`` in batches of ``batch_size`` (the last one smaller), reshuffled each epoch with the stateless
+    ``seed`` when ``shuffle``, and returns ``(update, mean loss, examples seen)``; the update is the flat
+    ``w_local - weights``. With ``proximal_mu > 0`` each gradient gets FedProx's ``mu * (w - weights)``.
     """
 
     def __init__(self, model: keras.Model, optimizer: ClientSGD, *, batch_size: int, proximal_mu: float,
@@ -107,8 +109,11 @@ class LocalTraining:
         self.batch_size = batch_size
         self.proximal_mu = float(proximal_mu)
         self.shuffle = shuffle
-        self.weight_specs = [tf.TensorSpec(v.shape, v.dtype) for v in model.trainable_variables]
-        signature = [self.weight_specs, x_spec, y_spec, tf.TensorSpec([], tf.int32), tf.TensorSpec([2], tf.int64)]
+        self.shapes = [v.shape for v in model.trainable_variables]
+        self.size = sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
+        self.x_spec, self.y_spec = x_spec, y_spec
+        signature = [tf.TensorSpec([self.size], tf.float32), x_spec, y_spec, tf.TensorSpec([], tf.int32),
+                     tf.TensorSpec([2], tf.int64)]
         # _noinline keeps each client's loop one call op in the wave's graph (no grappler pass over copies).
         self.function = tf.function(self._train, input_signature=signature, experimental_attributes={"_noinline": True})
         self.concrete = self.function.get_concrete_function()
@@ -123,7 +128,7 @@ class LocalTraining:
         n = tf.shape(x, out_type=tf.int32)[0]
         steps = (n + size - 1) // size
         total = steps * epochs
-        start = list(weights)
+        start = unpack(weights, self.shapes)
 
         def step(i, w, velocity, state, loss_sum, seen):
             epoch, offset = i // steps, (i % steps) * size
@@ -149,7 +154,7 @@ class LocalTraining:
             lambda i, *_: i < total, step, (tf.constant(0), start, velocity, non_trainable, tf.constant(0.0), tf.constant(0)),
         )
         mean_loss = loss_sum / tf.cast(tf.maximum(seen, 1), tf.float32)
-        return [a - b for a, b in zip(final, start)], mean_loss, seen
+        return pack(final) - weights, mean_loss, seen
 
 
 class ClientRunner:
@@ -166,26 +171,31 @@ class ClientRunner:
         self.training = training
         self.parallel = parallel
         self.devices: list[str] = []
+        self._replica: dict[str, int] = {}
         for c in clients:
-            if not any(same_device(c.player.device, d) for d in self.devices):
+            index = next((i for i, d in enumerate(self.devices) if same_device(c.player.device, d)), None)
+            if index is None:
+                index = len(self.devices)
                 self.devices.append(c.player.device)
+            self._replica[c.name] = index
+        # Per device: the slots the last client trained there writes (its update and loss), and what an idle
+        # replica trains on (zero steps), all on that device.
         self._slots, self._idle = [], []
         for device in self.devices:
             with tf.device(device):
-                update = [tf.Variable(tf.zeros(s.shape, s.dtype), trainable=False, name="update_slot") for s in training.weight_specs]
-                loss = tf.Variable(0.0, trainable=False, name="loss_slot")
-                self._slots.append((update, loss))
-                x_spec, y_spec = training.concrete.structured_input_signature[0][1:3]
-                self._idle.append((tf.zeros([0] + x_spec.shape[1:].as_list(), x_spec.dtype),
-                                   tf.zeros([0] + y_spec.shape[1:].as_list(), y_spec.dtype)))
+                self._slots.append((tf.Variable(tf.zeros([training.size]), trainable=False, name="update_slot"),
+                                    tf.Variable(0.0, trainable=False, name="loss_slot")))
+                self._idle.append((tf.zeros([training.size]),
+                                   tf.zeros([0] + training.x_spec.shape[1:].as_list(), training.x_spec.dtype),
+                                   tf.zeros([0] + training.y_spec.shape[1:].as_list(), training.y_spec.dtype)))
         self.strategy = tf.distribute.MirroredStrategy(self.devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
         self._wave = None
 
     def replica_of(self, client: ClientData) -> int:
-        for i, device in enumerate(self.devices):
-            if same_device(client.player.device, device):
-                return i
-        raise ConfigError(f"Client {client.name!r} is not one of this runner's clients.")
+        try:
+            return self._replica[client.name]
+        except KeyError:
+            raise ConfigError(f"Client {client.name!r} is not one of this runner's clients.") from None
 
     def waves(self, clients: Sequence[ClientData]) -> list[list[ClientData]]:
         """Clients grouped so that every wave holds at most one client per replica (in the given order)."""
@@ -195,39 +205,35 @@ class ClientRunner:
         depth = max((len(q) for q in queues.values()), default=0)
         return [[q[j] for q in queues.values() if j < len(q)] for j in range(depth)]
 
-    def run(self, wave: Sequence[tuple[ClientData, list, tf.Tensor]], epochs: int, *, parallel: bool | None = None) -> None:
-        """Train ``(client, weights on its device, shuffle seed)`` for each client of one wave."""
+    def run(self, wave: Sequence[tuple[ClientData, tf.Tensor, Any]], epochs: int, *, parallel: bool | None = None) -> None:
+        """Train ``(client, flat weights on its device, shuffle seed)`` for each client of one wave."""
         epochs = tf.constant(epochs, tf.int32)
         if not (self.parallel if parallel is None else parallel):
             for client, weights, seed in wave:
-                self._run_one(client, weights, seed, epochs)
+                self._run_one(client, weights, tf.constant(seed, tf.int64), epochs)
             return
-        inputs = [None] * len(self.devices)
+        inputs = list(self._idle)
+        seeds = np.zeros([len(self.devices), 2], np.int64)
         for client, weights, seed in wave:
-            inputs[self.replica_of(client)] = (list(weights), client.x, client.y, seed)
-        for i, device in enumerate(self.devices):
-            if inputs[i] is None:
-                inputs[i] = (self._idle_weights(i), *self._idle[i], tf.zeros([2], tf.int64))
-        self._wave_function()(*[list(col) for col in zip(*inputs)], epochs)
+            i = self.replica_of(client)
+            inputs[i] = (weights, client.x, client.y)
+            seeds[i] = seed
+        weights, xs, ys = (list(column) for column in zip(*inputs))
+        self._wave_function()(weights, xs, ys, tf.constant(seeds), epochs)
 
-    def result(self, client: ClientData) -> tuple[list[tf.Tensor], tf.Tensor]:
-        """The update and mean loss of the client trained last on its device (tensors on that device)."""
+    def result(self, client: ClientData) -> tuple[tf.Tensor, tf.Tensor]:
+        """The flat update and mean loss of the client trained last on its device (tensors on that device)."""
         update, loss = self._slots[self.replica_of(client)]
         with tf.device(client.player.device):
-            return [v.read_value() for v in update], loss.read_value()
+            return update.read_value(), loss.read_value()
 
     # ------------------------------------------------------------------------------------------ helpers
-    def _idle_weights(self, replica: int) -> list[tf.Tensor]:
-        with tf.device(self.devices[replica]):
-            return [v.read_value() for v in self._slots[replica][0]]
-
     @eager_serialized
     def _run_one(self, client: ClientData, weights, seed, epochs) -> None:
         update, loss = self._slots[self.replica_of(client)]
         with tf.device(client.player.device):
-            delta, mean_loss, _ = self.training.concrete(list(weights), client.x, client.y, epochs, seed)
-            for slot, value in zip(update, delta):
-                slot.assign(value)
+            delta, mean_loss, _ = self.training.concrete(weights, client.x, client.y, epochs, seed)
+            update.assign(delta)
             loss.assign(mean_loss)
 
     def _wave_function(self):
@@ -235,22 +241,20 @@ class ClientRunner:
             return self._wave
         training, strategy, slots, devices = self.training, self.strategy, self._slots, self.devices
         replicas = len(devices)
-        weight_specs, x_spec, y_spec = training.concrete.structured_input_signature[0][:3]
 
         def replica_step(weights, x, y, seed, epochs):
             device = tf.nest.flatten(tf.distribute.get_replica_context().devices)[0]
             update, loss = slots[next(i for i, d in enumerate(devices) if same_device(d, device))]
             delta, mean_loss, _ = training.concrete(weights, x, y, epochs, seed)
-            for slot, value in zip(update, delta):
-                slot.assign(value)
+            update.assign(delta)
             loss.assign(mean_loss)
 
         def wave(weights, xs, ys, seeds, epochs):
             per_replica = [strategy.experimental_distribute_values_from_function(lambda ctx, v=values: v[ctx.replica_id_in_sync_group])
-                           for values in (weights, xs, ys, seeds)]
+                           for values in (weights, xs, ys, tf.unstack(seeds))]
             strategy.run(replica_step, args=(*per_replica, epochs))
 
-        signature = [[list(weight_specs)] * replicas, [x_spec] * replicas, [y_spec] * replicas,
-                     [tf.TensorSpec([2], tf.int64)] * replicas, tf.TensorSpec([], tf.int32)]
+        signature = [[tf.TensorSpec([training.size], tf.float32)] * replicas, [training.x_spec] * replicas,
+                     [training.y_spec] * replicas, tf.TensorSpec([replicas, 2], tf.int64), tf.TensorSpec([], tf.int32)]
         self._wave = tf.function(wave, input_signature=signature, autograph=False)
         return self._wave

@@ -35,11 +35,12 @@ import tensorflow as tf
 from tfe_lite.errors import ConfigError, PartyUnavailableError, ShapeError
 from tfe_lite.players import CRYPTO_PRODUCER, SERVER0, SERVER1, Config
 
-from .aggregation import PlainAggregator, SecureAggregator, Traffic, pack, unpack
+from .aggregation import PlainAggregator, SecureAggregator, Traffic
 from .clients import ClientRunner, ClientSGD, LocalTraining
 from .data import ClientData, resolve_client_data
 from .dp import ClientDP, ClientDPMechanism
 from .progress import RoundProgbar, RoundRandomness
+from .vectors import pack, unpack
 
 DROPOUTS = ("before_sending", "after_sending")
 # Errors by which a client (or its link) fails; anything else is a bug and propagates.
@@ -118,7 +119,9 @@ class FedAvg:
         server_optimizer = keras.optimizers.SGD(learning_rate=1.0) if server_optimizer is None else server_optimizer
         self.model.compile(optimizer=server_optimizer, loss=loss, metrics=metrics)
         self._cache: dict = {}
+        #: Per round run: bytes per link ``(src, dst)``, and the names of the clients whose updates were summed.
         self.round_traffic: list[dict[tuple[str, str], int]] = []
+        self.round_clients: list[list[str]] = []
         self.dp_mechanism: ClientDPMechanism | None = None
 
     @property
@@ -164,7 +167,7 @@ class FedAvg:
         expected = float(clients_per_round or n)
         if self.dp is not None:
             self.dp_mechanism = ClientDPMechanism(self.dp, num_clients=n, expected_clients=expected, aggregator=self.aggregator,
-                                                  template=runner.training.weight_specs)
+                                                  template=[tf.TensorSpec([runner.training.size], tf.float32)])
         aggregator = (SecureAggregator(self.protocol, self.aggregator.name, min_clients=min_clients) if self.secure
                       else PlainAggregator(self.aggregator, min_clients=min_clients))
         validation = self._validation(validation_data)
@@ -203,7 +206,7 @@ class FedAvg:
         mechanism = self.dp_mechanism
         params = mechanism.sample_params() if mechanism is not None else None
         self._check_range(aggregator, selected, weights, limit)
-        global_weights = [v.value for v in self.model.trainable_variables]
+        global_weights = pack(self.model.trainable_variables)
         present = [c for c in selected if plan[c.name] != "before_sending"]
         seeds = dict(zip([c.name for c in present], randomness.shuffle_seeds(len(present))))
         done = 0
@@ -225,15 +228,17 @@ class FedAvg:
             parts = unpack(total, self._shapes(runner, mechanism))
             logs["loss"] = float(parts[-1][0]) / sent
             if mechanism is not None:
-                update = mechanism.noised_update(parts[:-1])
+                update = mechanism.noised_update(parts[:-1])[0]
             else:
-                update = [p / sent for p in parts[:-1]]
-            grads = [-tf.cast(u, v.dtype) for u, v in zip(update, self.model.trainable_variables)]
+                update = parts[0] / sent
+            update = unpack(tf.cast(update, tf.float32), runner.training.shapes)
+            grads = [-u for u in update]
             self.model.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         if mechanism is not None:
             logs["epsilon"] = mechanism.epsilon()
             logs["clip"] = mechanism.clip
         self.round_traffic.append(dict(traffic.links))
+        self.round_clients.append([] if total is None else list(aggregator.senders))
         return logs
 
     # --------------------------------------------------------------------------------- client side
@@ -242,9 +247,9 @@ class FedAvg:
         jobs = []
         for client in wave:
             with tf.device(client.player.device):
-                received = [tf.identity(w) for w in global_weights]
-            traffic.add(self.aggregator.name, client.name, sum(w.shape.num_elements() * w.dtype.size for w in global_weights))
-            jobs.append((client, received, tf.constant(seeds[client.name], tf.int64)))
+                received = tf.identity(global_weights)
+            traffic.add(self.aggregator.name, client.name, 4 * global_weights.shape.num_elements())
+            jobs.append((client, received, seeds[client.name]))
         try:
             runner.run(jobs, epochs)
             return list(wave)
@@ -260,19 +265,19 @@ class FedAvg:
 
     def _client_vector(self, client, update, loss, weight, limit, params, traffic):
         """The vector ``client`` submits and the public bounds of its entries, built on its device from its
-        update and mean loss (tensors on that device). ``limit`` bounds an unweighted entry (secure only)."""
+        update (flat) and mean loss (tensors on that device). ``limit`` bounds an unweighted entry (secure only)."""
+        size = update.shape.num_elements()
         with tf.device(client.player.device):
             weighted_loss = tf.reshape(loss * weight, [1])
             if self.dp_mechanism is None:
-                vector = pack([u * weight for u in update] + [weighted_loss])
-                size = vector.shape[0] - 1
+                vector = tf.concat([update * weight, weighted_loss], 0)
                 return vector, [("update", size, weight * limit), ("loss", 1, weight * limit)]
             local_params = tf.nest.map_structure(tf.identity, params)
             traffic.add(self.aggregator.name, client.name, sum(t.dtype.size * t.shape.num_elements() for t in tf.nest.flatten(local_params)))
-            record = self.dp_mechanism.preprocess(local_params, update)
+            record = self.dp_mechanism.preprocess(local_params, [update])
             vector = pack(record + [weighted_loss])
         clip = self.dp_mechanism.clip * (1 + 1e-4)  # float rounding of the clipped norm
-        bounds = [("update", sum(int(t.shape.num_elements()) for t in record[:len(update)]), clip)]
+        bounds = [("update", size, clip)]
         if self.dp_mechanism.adaptive:
             bounds.append(("unclipped", 1, 0.5))
         return vector, bounds + [("loss", 1, weight * limit)]
@@ -289,7 +294,7 @@ class FedAvg:
 
     # ------------------------------------------------------------------------------------- set-up
     def _shapes(self, runner, mechanism):
-        shapes = mechanism.record_shapes if mechanism is not None else [s.shape for s in runner.training.weight_specs]
+        shapes = mechanism.record_shapes if mechanism is not None else [tf.TensorShape([runner.training.size])]
         return list(shapes) + [tf.TensorShape([1])]
 
     def _runner(self, clients: list[ClientData], batch_size: int, shuffle: bool) -> ClientRunner:
@@ -319,6 +324,9 @@ class FedAvg:
                 f"The clients' examples (x of shape {client.x.shape[1:]} {client.x.dtype.name}, y of shape "
                 f"{client.y.shape[1:]} {client.y.dtype.name}) do not fit the model: {error}"
             ) from None
+        not_float32 = [f"{v.path} ({v.dtype})" for v in self.model.trainable_variables if v.dtype != "float32"]
+        if not_float32:
+            raise ConfigError(f"FedAvg trains float32 weights; the model has {not_float32}. Use the float32 dtype policy.")
         fixed = [w.path for w in self.model.non_trainable_weights]
         if fixed:
             raise ConfigError(

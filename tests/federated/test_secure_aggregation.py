@@ -88,56 +88,59 @@ def _tainted(graph, sources):
     return list(seen.values())
 
 
+def _on(device):
+    index = tf.DeviceSpec.from_string(device).device_index
+    return lambda op: bool(op.device) and tf.DeviceSpec.from_string(op.device).device_index == index
+
+
+def _vector_function(fed, client):
+    return tf.function(lambda update, loss: fed._client_vector(client, update, loss, 1.0, 1000.0, None, Traffic())[0])
+
+
 def test_placement_audit_updates_never_leave_their_client_unmasked(config):
-    """Trace one secure round (local training, the client's vector, sharing, the sum) with the code fit runs,
-    and follow every op that consumes a client's data or update until Pond masks it: all on its device."""
+    """Walk the graphs fit runs, from each client's data and update until Pond masks it: all on its device.
+
+    Three traced pieces make a client's part of a round: the wave (local training, writing the update to a
+    slot variable on the client's device), the client's vector (weighting its update and loss), and its
+    submission (bounds check, encoding and masking). Outside them, fit only moves the slot's value through
+    these functions eagerly, and ``submit`` refuses a vector that is not on its client's device.
+    """
     data = _data(("alice", "bob"))
     fed = FedAvg(toy_model, config=config, loss=LOSS, client_optimizer=keras.optimizers.SGD(0.1), secure_aggregation=True, seed=0)
     clients = resolve_client_data(data, config)
     fed._check_model(clients[0])
     runner = fed._runner(clients, 8, True)
     aggregator = SecureAggregator(fed.protocol, "server0")
-
-    # The clients' data enter as arguments, as in fit's wave function (a captured small tensor would be
-    # baked into the graph as an unplaced constant).
-    specs = [[tf.TensorSpec([None, 5], tf.float32)] * 2, [tf.TensorSpec([None], tf.int64)] * 2]
-
-    @tf.function(input_signature=specs)
-    def secure_round(xs, ys):
-        aggregator.begin()
-        global_weights = [v.value for v in fed.model.trainable_variables]
-        for i, client in enumerate(clients):
-            with tf.device(client.player.device):
-                received = [tf.identity(w) for w in global_weights]
-                update, loss, _ = runner.training.concrete(received, xs[i], ys[i], tf.constant(1), tf.constant([i, 0], tf.int64))
-            vector, bounds = fed._client_vector(client, update, loss, 1.0, 1000.0, None, Traffic())
-            aggregator.submit(client.player, vector, bounds)
-        return aggregator.result()
-
-    graph = secure_round.get_concrete_function().graph
-    placeholders = [op for op in graph.get_operations() if op.type == "Placeholder"]
-    for i, client in enumerate(clients):
-        device = tf.DeviceSpec.from_string(client.player.device)
-        on_client = lambda op: op.device and tf.DeviceSpec.from_string(op.device).device_index == device.device_index  # noqa: E731
-        calls = [op for op in graph.get_operations() if "PartitionedCall" in op.type and "_train" in op.get_attr("f").name
+    wave = runner._wave_function().get_concrete_function().graph
+    size = runner.training.size
+    for client in clients:
+        on_client = _on(client.player.device)
+        # 1. The wave: the client's training call on its device, and everything its outputs feed.
+        calls = [op for op in wave.get_operations() if "PartitionedCall" in op.type and "_train" in op.get_attr("f").name
                  and on_client(op)]
         assert len(calls) == 1, client.name
-        data_inputs = [placeholders[i], placeholders[2 + i]]  # xs[i], ys[i]
-        assert all(any(t.op is op for t in calls[0].inputs) for op in data_inputs)
-        tainted = _tainted(graph, calls + data_inputs)
-        assert any(_is_mask(op) for op in tainted), f"the audit must reach Pond's masking op: {[op.name for op in tainted]}"
+        tainted = _tainted(wave, calls)
+        assert any(op.type == "AssignVariableOp" for op in tainted)
+        off = [(op.type, op.name, op.device) for op in tainted if not on_client(op)]
+        assert not off, f"{client.name}'s update left its device in the wave: {off}"
+        # 2. The vector it submits, built from its update and loss.
+        graph = _vector_function(fed, client).get_concrete_function(tf.TensorSpec([size]), tf.TensorSpec([])).graph
+        tainted = _tainted(graph, [op for op in graph.get_operations() if op.type == "Placeholder"])
+        off = [(op.type, op.name, op.device) for op in tainted if op.type not in ("Placeholder", "Identity") and not on_client(op)]
+        assert not off, f"{client.name}'s vector built off its device: {off}"
+        # 3. Its submission: checked, encoded and masked on its device; only shares leave.
+        submit = aggregator._submitter(client.player, size + 1, (size, 1)).get_concrete_function().graph
+        vector = next(op for op in submit.get_operations() if op.type == "Placeholder")
+        tainted = _tainted(submit, [vector])
+        assert any(_is_mask(op) for op in tainted), "the audit must reach Pond's masking op"
         assert any(op.type == "Assert" for op in tainted), "the range check runs on the client's data"
         off = [(op.type, op.name, op.device) for op in tainted if op.type != "Placeholder" and not on_client(op)]
-        assert not off, f"ops on {client.name}'s data or update outside its device: {off}"
-    # The traced round computes the same sum as plain aggregation of the same updates.
-    total = secure_round([c.x for c in clients], [c.y for c in clients]).numpy()
-    plain = PlainAggregator(config.get_player("server0"))
-    for i, client in enumerate(clients):
-        with tf.device(client.player.device):
-            received = [tf.identity(v) for v in fed.model.trainable_variables]
-            update, loss, _ = runner.training.concrete(received, client.x, client.y, tf.constant(1), tf.constant([i, 0], tf.int64))
-        plain.submit(client.player, fed._client_vector(client, update, loss, 1.0, 1000.0, None, Traffic())[0])
-    np.testing.assert_allclose(total, plain.result().numpy(), rtol=0, atol=2 * _ulp(fed))
+        assert not off, f"{client.name}'s vector left its device unmasked: {off}"
+    # And in a real round the updates and vectors are tensors on their clients' devices.
+    fed.fit(data, rounds=1, batch_size=8, verbose=0)
+    for client in clients:
+        update, loss = runner.result(client)
+        assert same_device(update.device, client.player.device) and same_device(loss.device, client.player.device)
 
 
 def test_a_vector_off_its_clients_device_is_refused(config, prot):
@@ -152,7 +155,7 @@ def test_server1_receives_uniform_shares(config, prot):
     aggregator = SecureAggregator(prot, "server0")
     with tf.device(config.get_player("alice").device):
         aggregator.submit(config.get_player("alice"), tf.ones([4096]), [("update", 4096, 1.0)])
-    share1 = aggregator._sum.share1.numpy().view(np.uint64)
+    share1 = aggregator._sums[4096][1].numpy().view(np.uint64)  # server1's running sum: alice's masked vector
     bits = (share1[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)
     p_values = [stats.binomtest(int(k), len(share1)).pvalue for k in bits.sum(0)]
     assert min(p_values) > 1e-4 / 64  # every bit of the masked input is a fair coin (Bonferroni over 64 bits)
