@@ -11,7 +11,7 @@ import tensorflow as tf
 from tfe_lite.devices import eager_serialized
 from tfe_lite.errors import ShapeError
 
-from . import checks, linear, ordering
+from . import approximations, checks, linear, ordering
 from .tensors import PrivateTensor, PublicTensor
 
 _ADD = {
@@ -141,3 +141,50 @@ class ComparisonOps:
         if not isinstance(x, PrivateTensor):
             raise ShapeError(f"max_pool2d expects a private tensor. Received: {x!r}")
         return ordering.max_pool2d(self, x, pool_size, strides, padding)
+
+
+class ApproximationOps:
+    """Approximations with stated error bounds (see :mod:`.approximations` for the methods and the table of
+    ranges and bounds)."""
+
+    def _private(self, x, op: str) -> PrivateTensor:
+        x = self._own(x, "x")
+        if not isinstance(x, PrivateTensor):
+            raise ShapeError(f"{op} expects a private tensor (compute public values with numpy). Received: {x!r}")
+        return x
+
+    @eager_serialized
+    def exp(self, x):
+        """``e**x``; ``|err| <= 2**-11 e**x + 2**-14`` for ``x < ln(2**int_bits)``, ``0`` for ``x <= -12``."""
+        return approximations.exp(self, self._private(x, "exp"))
+
+    @eager_serialized
+    def log(self, x):
+        """``ln x``; ``|err| <= 2**-12`` for ``x >= 2**-int_bits``."""
+        return approximations.log(self, self._private(x, "log"))
+
+    @eager_serialized
+    def reciprocal(self, x):
+        """``1 / x``; ``|err| <= 2**-12 / |x| + 2**-14`` for ``|x| >= 2**-int_bits``."""
+        return approximations.reciprocal(self, self._private(x, "reciprocal"))
+
+    @eager_serialized
+    def rsqrt(self, x):
+        """``1 / sqrt(x)``; ``|err| <= 2**-12 / sqrt(x) + 2**-14`` for ``x >= 2**-int_bits``."""
+        return approximations.rsqrt(self, self._private(x, "rsqrt"))
+
+    @eager_serialized
+    def sigmoid(self, x):
+        """``1 / (1 + e**-x)``; ``|err| <= 2**-13`` on the whole encodable range."""
+        return approximations.sigmoid(self, self._private(x, "sigmoid"))
+
+    @eager_serialized
+    def tanh(self, x):
+        """``tanh x``; ``|err| <= 2**-12`` on the whole encodable range."""
+        return approximations.tanh(self, self._private(x, "tanh"))
+
+    @eager_serialized
+    def softmax(self, x, axis: int = -1):
+        """Softmax over one ``axis``, the max subtracted exactly first; ``|err| <= 2**-12`` per element."""
+        x = self._private(x, "softmax")
+        return approximations.softmax(self, x, self._axis(x, axis, "softmax"))

@@ -19,7 +19,7 @@ from tfe_lite.random import RandomStreams
 
 from . import beaver, checks, comparison, linear
 from .comm import Channel
-from .functions import _ADD, ComparisonOps
+from .functions import _ADD, ApproximationOps, ComparisonOps
 from .dealer import OnlineDealer, PrecomputedDealer, TripleSource, TripleSpec
 from .tensors import PondTensor, PrivateTensor, PublicTensor
 from .truncation import truncate_private, truncate_public
@@ -30,7 +30,7 @@ _PRIV, _PUB = PrivateTensor, PublicTensor
 DRIVER = Player("driver", "")
 
 
-class Pond(ComparisonOps):
+class Pond(ComparisonOps, ApproximationOps):
     """Pond three-party computation: two servers hold additive shares over Z/2^64, a producer deals triples.
 
     Pond (Dahl et al., "Private Machine Learning in TensorFlow using Secure Computation", 2018) is secure
@@ -63,7 +63,9 @@ class Pond(ComparisonOps):
 
     Non-linear operations (exact, on the comparison protocol of :mod:`.comparison`): ``less``,
     ``greater``, ``less_equal``, ``greater_equal``, ``sign``, ``relu`` (with its derivative mask),
-    ``maximum``, ``reduce_max``, ``argmax``, ``max_pool2d``.
+    ``maximum``, ``reduce_max``, ``argmax``, ``max_pool2d``. Approximations with stated error bounds (see
+    :mod:`.approximations` for the methods, ranges and bounds): ``exp``, ``log``, ``reciprocal``, ``rsqrt``,
+    ``sigmoid``, ``tanh``, ``softmax``.
 
     Operations and their cost (``n`` elements; 8 bytes a ring element; a seed is 32 bytes):
 
