@@ -36,13 +36,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import textwrap
 from typing import Callable
 
 import dp_accounting
 
 from tfe_lite.errors import ConfigError
+from tfe_lite.privacy._validation import invalid as _invalid
+from tfe_lite.privacy._validation import is_int as _is_int
+from tfe_lite.privacy._validation import is_real as _is_real
+from tfe_lite.privacy._validation import raise_if as _raise_if
 
 SAMPLINGS = ("poisson", "shuffle")
 #: The sampling assumed unless another is asked for: the bound for Keras ``fit`` on arrays.
@@ -57,23 +60,6 @@ _CALIBRATION_RTOL = 1e-4
 # ----------------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------------
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _invalid(name: str, expected: str, value) -> str:
-    return f"Received an invalid value for `{name}`, expected {expected}. Received: {name}={value!r}"
-
-
-def _raise_if(problems: list[str]) -> None:
-    if problems:
-        raise ConfigError("\n".join(problems))
 
 
 @dataclasses.dataclass(frozen=True)

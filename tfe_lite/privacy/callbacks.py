@@ -9,6 +9,7 @@ import keras
 
 from tfe_lite.errors import ConfigError, PrivacyBudgetExceededError
 from tfe_lite.privacy import accounting
+from tfe_lite.privacy._validation import invalid, is_real, raise_if
 
 
 class PrivacyBudgetCallback(keras.callbacks.Callback):
@@ -58,17 +59,17 @@ class PrivacyBudgetCallback(keras.callbacks.Callback):
         super().__init__()
         problems: list[str] = []
         accounting._check_delta(problems, delta)
-        if problems and accounting._is_real(delta) and delta >= 1:
+        if problems and is_real(delta) and delta >= 1:
             problems[-1] += (
                 " (PrivacyBudgetCallback reads num_examples, batch_size and noise_multiplier from the model; "
                 "its first argument is delta)"
             )
         accounting._check_accountant(problems, accountant)
-        if max_epsilon is not None and not (accounting._is_real(max_epsilon) and max_epsilon > 0):
-            problems.append(accounting._invalid("max_epsilon", "a positive float or None", max_epsilon))
+        if max_epsilon is not None and not (is_real(max_epsilon) and max_epsilon > 0):
+            problems.append(invalid("max_epsilon", "a positive float or None", max_epsilon))
         if sampling is not None and sampling not in ("poisson", "shuffle", "arbitrary"):
-            problems.append(accounting._invalid("sampling", "'poisson', 'shuffle', 'arbitrary' or None", sampling))
-        accounting._raise_if(problems)
+            problems.append(invalid("sampling", "'poisson', 'shuffle', 'arbitrary' or None", sampling))
+        raise_if(problems)
         self.delta = delta
         self.max_epsilon = max_epsilon
         self.accountant = accountant

@@ -39,6 +39,7 @@ import dp_accounting
 
 from tfe_lite.errors import ConfigError
 from tfe_lite.privacy import accounting
+from tfe_lite.privacy._validation import invalid, is_int, is_real, raise_if
 
 SAMPLINGS = ("poisson", "shuffle", "arbitrary")
 
@@ -57,10 +58,10 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if self.kind not in SAMPLINGS:
-            raise ConfigError(accounting._invalid("sampling", f"one of {SAMPLINGS}", self.kind))
+            raise ConfigError(invalid("sampling", f"one of {SAMPLINGS}", self.kind))
         sized = self.kind != "arbitrary"
         n, b = self.num_examples, self.batch_size
-        if sized and not (accounting._is_int(n) and n > 0 and accounting._is_real(b) and 0 < b <= n):
+        if sized and not (is_int(n) and n > 0 and is_real(b) and 0 < b <= n):
             raise ConfigError(
                 f"Expected {self.kind} sampling to have 0 < batch_size <= num_examples. "
                 f"Received: num_examples={n!r}, batch_size={b!r}"
@@ -138,7 +139,7 @@ def _check_query(delta: Any, accountant: Any) -> None:
     problems: list[str] = []
     accounting._check_delta(problems, delta)
     accounting._check_accountant(problems, accountant)
-    accounting._raise_if(problems)
+    raise_if(problems)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,3 +52,15 @@ def local_batch(data: Any) -> Any:
         return leaf[start:end] if leaf.shape.rank else leaf
 
     return tf.nest.map_structure(take, data)
+
+
+def first_replica_batch(strategy: tf.distribute.Strategy, batches: Any) -> Any:
+    """The first replica's part of a distributed batch (plain values pass through).
+
+    Keras builds metrics from a template batch that it gets by averaging the replicas' first batches, which
+    fails when replicas hold different numbers of examples (a global batch that does not split evenly, or a
+    Poisson-sampled one). Any one replica's batch is as good a template.
+    """
+    return tf.nest.map_structure(
+        lambda v: strategy.experimental_local_results(v)[0] if _is_per_replica(v) else v, batches
+    )

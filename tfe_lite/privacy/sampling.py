@@ -35,16 +35,13 @@ import tensorflow as tf
 from keras.src.trainers.data_adapters.array_data_adapter import can_convert_arrays
 
 from tfe_lite.errors import ConfigError, ShapeError
+from tfe_lite.privacy._validation import invalid as _invalid
 from tfe_lite.privacy.ledger import Sampling
 
 SEED_PURPOSE = "data-sampling"
 
 #: The attribute of a :func:`poisson_batches` dataset that holds its :class:`~tfe_lite.privacy.ledger.Sampling`.
 _SAMPLING_ATTRIBUTE = "_tfe_lite_sampling"
-
-
-def _invalid(name: str, expected: str, value) -> str:
-    return f"Received an invalid value for `{name}`, expected {expected}. Received: {name}={value!r}"
 
 
 def _stream_seed(seed: int | None) -> int:
@@ -179,3 +176,29 @@ def fit_sampling(x: Any, y: Any, sample_weight: Any, batch_size: Any, validation
     if not (isinstance(size, (int, np.integer)) and size > 0):
         return Sampling("arbitrary")  # Keras refuses it itself
     return Sampling("shuffle", examples, float(min(int(size), examples)))
+
+
+def check_microbatches(num_microbatches: int | None, x: Any, batch_size: Any, validation_split: Any) -> None:
+    """Checks before ``fit`` trains that ``num_microbatches`` divides every batch, where sizes are known."""
+    m = num_microbatches
+    if m is None or x is None:
+        return
+    if isinstance(x, tf.data.Dataset):
+        sizes = {spec.shape[0] for spec in tf.nest.flatten(x.element_spec) if spec.shape.rank}
+        sizes.discard(None)
+        bad = sorted(s for s in sizes if s % m)
+        if bad:
+            raise ConfigError(
+                _invalid("num_microbatches", "a divisor of every batch size", m)
+                + f" with dataset batches of {bad[0]} examples"
+            )
+        return
+    first = tf.nest.flatten(x)[0]
+    if not hasattr(first, "shape") or not len(first.shape):
+        return
+    examples = int(first.shape[0] * (1.0 - validation_split)) if validation_split else int(first.shape[0])
+    size = batch_size or 32
+    last = examples % size
+    if size % m or last % m:
+        where = f"batch_size={size}" + (f" ({last} examples in the last batch)" if last else "")
+        raise ConfigError(_invalid("num_microbatches", "a divisor of every batch size", m) + f" with {where}")
