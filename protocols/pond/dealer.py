@@ -229,7 +229,7 @@ class _Pool:
 
     def size(self) -> int:
         """How many rows the pool holds (used triples included)."""
-        return int(tf.shape(self.parts["a0"])[0])
+        return int(tf.raw_ops.VariableShape(input=self.parts["a0"].handle)[0])
 
     def append(self, triples: list[Triple]) -> None:
         # Indices handed out while the pool was empty belong to runs that failed; rows for them are filler
@@ -250,7 +250,8 @@ class _Pool:
                     i = self.index.next(name=self.op_name) - 1
                 else:
                     i = prot.channel.send(i, prot.server0, server, "triple_index")
-                stored = tf.shape(self.parts["a" + index], out_type=tf.int64)[0]
+                # VariableShape, not tf.shape: tf.shape of a variable reads (copies) the whole pool.
+                stored = tf.raw_ops.VariableShape(input=self.parts["a" + index].handle, out_type=tf.int64)[0]
                 check = tf.debugging.assert_less(i, stored, message=self.exhausted_message())
                 with tf.control_dependencies([check]):
                     for name in ("a", "b", "c"):

@@ -21,8 +21,9 @@ from .tensors import PrivateTensor
 
 
 def raw_bit_negative(prot, x: PrivateTensor) -> PrivateTensor:
-    """Raw shares of ``[x < 0]``."""
-    return comparison.msb(prot, x)
+    """Raw shares of ``[x < 0]`` for ``x`` an encodable value or the difference of two (``|x| <
+    2**(int_bits + frac_bits + 1)``), which lets the comparison run on that many bits only."""
+    return comparison.msb(prot, x, magnitude_bits=prot.fixedpoint.int_bits + prot.fixedpoint.frac_bits + 1)
 
 
 def bit_times(prot, x: PrivateTensor, bit: PrivateTensor) -> PrivateTensor:

@@ -117,3 +117,21 @@ def test_checked_mode_reveals_only_the_count(config, monkeypatch):
                      "xor_bit", "open_range_count"}
     with pytest.raises(tfe_lite.ConfigError, match="checked='yes'"):
         Pond(config, checked="yes")
+
+
+def test_bounded_sign_bit_is_exact_and_cheaper(prot):
+    """With |x| < 2**K promised, the borrow runs on K bits, two elements per word."""
+    k = prot.fixedpoint.int_bits + prot.fixedpoint.frac_bits + 1
+    rng = np.random.default_rng(7)
+    values = np.concatenate([[0, 1, -1, 2**k - 1, -(2**k - 1), 2**(k - 1), -(2**(k - 1))],
+                             rng.integers(-(2**k) + 1, 2**k, 4001)]).astype(np.int64)
+    x = prot.from_shares(tf.constant(values), tf.zeros_like(values), fixedpoint=prot.fixedpoint)
+    with prot.count_communication() as log:
+        bits = comparison.msb(prot, x, magnitude_bits=k)
+    np.testing.assert_array_equal(_bits(bits), (values < 0).astype(np.int64))
+    n = values.size  # odd: one padding element in the packed words
+    half = (n + 1) // 2
+    assert log.by_link()[("server0", "server1")] == 8 * n + 9 * 16 * half + n  # mask, 9 packed AND words, bit
+    for shape in [(), (0,), (3, 0, 2), (1,)]:
+        empty = prot.share(np.full(shape, -0.5), "alice")
+        np.testing.assert_array_equal(_bits(comparison.msb(prot, empty, magnitude_bits=k)), np.ones(shape))
