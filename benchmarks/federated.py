@@ -8,7 +8,8 @@ parameters), one local epoch of batch 32 per round. Part 2, 100 clients with two
 40 images each), 10 sampled per round (Poisson-sampled with DP), a smaller CNN, two local epochs of batch 10.
 Each variant is a FedAvg of its own; rounds run interleaved, variant after variant, so load changes on the
 machine hit all of them alike, after one warm-up round each (tracing); the median round is reported with its
-ratio to the plain round. A round is timed from its start to the model update (no validation).
+ratio to the plain round. A round is timed from its start to the model update (no validation). The warm-up
+round has every client take part, so that each client's traced functions exist before timing starts.
 
 "central" trains the union of each plain round's clients' data on one device with the same epochs and batch
 size: "central fn" with the very training function the clients run, "central fit" with Keras ``model.fit``.
@@ -119,13 +120,15 @@ def theory(params: int, variant: str) -> tuple[int, int]:
 
 
 def time_variants(title, config, data, model_fn, variants, fit_kwargs, rounds, learning_rate, central=None):
+    """Warm-up: one round with every client (each client's training and secure submission are traced and
+    instantiated on its device once), then ``rounds`` timed rounds per variant, interleaved."""
     import numpy as np
 
     print(f"== {title}")
     feds = {v: make_fedavg(config, model_fn, v, learning_rate) for v in variants}
     timers = {v: RoundTimer() for v in variants}
-    for v, fed in feds.items():  # warm-up: traces the client training and the round's functions
-        fed.fit(data, rounds=1, verbose=0, **fit_kwargs)
+    for v, fed in feds.items():
+        fed.fit(data, rounds=1, verbose=0, **dict(fit_kwargs, clients_per_round=None))
     central_times = {"central fn": [], "central fit": []}
     for _ in range(rounds):
         for v, fed in feds.items():
@@ -135,21 +138,23 @@ def time_variants(title, config, data, model_fn, variants, fit_kwargs, rounds, l
                     central_times[name].append(seconds)
     params = feds["plain"].model.count_params()
     base = statistics.median(timers["plain"].times)
+    plain_times = timers["plain"].times
     print(f"  {'variant':<14}{'round (median)':>16}{'x plain':>9}{'down B/client':>15}{'theory':>10}{'up B/client':>13}{'theory':>10}")
     for v in variants:
         median = statistics.median(timers[v].times)
+        ratio = statistics.median(t / p for t, p in zip(timers[v].times, plain_times))  # same repetition: same load
         down, up, reveal = bytes_per_client(feds[v])
         t_down, t_up = theory(params, v)
-        print(f"  {v:<14}{median * 1e3:>13.1f} ms{median / base:>8.2f}x{down:>15,.0f}{t_down:>10,}{up:>13,.0f}{t_up:>10,}")
+        print(f"  {v:<14}{median * 1e3:>13.1f} ms{ratio:>8.2f}x{down:>15,.0f}{t_down:>10,}{up:>13,.0f}{t_up:>10,}")
         if "secure" in v:
             print(f"  {'':<14}reveal to the aggregator: {reveal:,} bytes per round (theory {8 * (params + 1):,})")
     for name, times in central_times.items():
         if times:
             median = statistics.median(times)
-            print(f"  {name:<14}{median * 1e3:>13.1f} ms   plain round / {name} = {base / median:.2f}x")
+            ratio = statistics.median(p / t for p, t in zip(plain_times, times))
+            print(f"  {name:<14}{median * 1e3:>13.1f} ms   plain round / {name} = {ratio:.2f}x")
     print(f"  ({params:,} parameters; {rounds} timed rounds per variant; round times in ms: "
           + ", ".join(f"{v} {np.round(np.array(timers[v].times) * 1e3).astype(int).tolist()}" for v in variants) + ")")
-    return {v: statistics.median(timers[v].times) for v in variants}, central_times
 
 
 def central_trainer(fed, data_by_name, batch_size: int, epochs: int):
@@ -157,6 +162,8 @@ def central_trainer(fed, data_by_name, batch_size: int, epochs: int):
     import keras
     import numpy as np
     import tensorflow as tf
+
+    from tfe_lite.federated.vectors import pack
 
     training = next(v for v in fed._cache.values() if hasattr(v, "concrete"))
     model = small_cnn()
@@ -168,7 +175,7 @@ def central_trainer(fed, data_by_name, batch_size: int, epochs: int):
         y = np.concatenate([data_by_name[n][1] for n in names])
         with tf.device("/device:CPU:0"):
             xs, ys = tf.constant(x), tf.constant(y)
-            weights = [tf.identity(v) for v in fed.model.trainable_variables]
+            weights = pack(fed.model.trainable_variables)
             seed = tf.constant([1, 2], tf.int64)
             if not warm["fn"]:
                 training.concrete(weights, xs, ys, tf.constant(epochs), seed)

@@ -240,7 +240,8 @@ class ClientDPMechanism:
             f"update was {clip} and Gaussian noise with std {self.dp.noise_multiplier:g} x clip was added to the sum, "
             f"the sequence of global models is ({eps:.4g}, {self.dp.delta:g})-differentially private with respect "
             f"to adding or removing all the data of one client ({self.dp.accountant.upper()} accountant of "
-            f"dp_accounting, Poisson-sampled Gaussian mechanism per round). {who} The guarantee does not cover "
+            f"dp_accounting, {'one' if q >= 1 else 'a Poisson-sampled'} Gaussian mechanism per round). {who} The "
+            "guarantee does not cover "
             "the reported training loss or the aggregator's own view of the unnoised sum."
         )
         return textwrap.fill(text, width=100)

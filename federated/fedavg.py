@@ -168,8 +168,11 @@ class FedAvg:
         if self.dp is not None:
             self.dp_mechanism = ClientDPMechanism(self.dp, num_clients=n, expected_clients=expected, aggregator=self.aggregator,
                                                   template=[tf.TensorSpec([runner.training.size], tf.float32)])
-        aggregator = (SecureAggregator(self.protocol, self.aggregator.name, min_clients=min_clients) if self.secure
-                      else PlainAggregator(self.aggregator, min_clients=min_clients))
+        key = ("aggregator", min_clients)  # kept across fits: secure submissions are traced once per client
+        if key not in self._cache:
+            self._cache[key] = (SecureAggregator(self.protocol, self.aggregator.name, min_clients=min_clients) if self.secure
+                                else PlainAggregator(self.aggregator, min_clients=min_clients))
+        aggregator = self._cache[key]
         validation = self._validation(validation_data)
         randomness = RoundRandomness(self.seed)
         progbar = RoundProgbar()
@@ -303,8 +306,9 @@ class FedAvg:
         y_spec = tf.TensorSpec([None] + first.y.shape[1:].as_list(), first.y.dtype)
         key = (batch_size, shuffle, x_spec, y_spec)
         if key not in self._cache:
-            self._cache = {key: LocalTraining(self.model, self.client_optimizer, batch_size=batch_size,
-                                              proximal_mu=self.proximal_mu, shuffle=shuffle, x_spec=x_spec, y_spec=y_spec)}
+            self._cache = {k: v for k, v in self._cache.items() if k[0] == "aggregator"}  # one training function at a time
+            self._cache[key] = LocalTraining(self.model, self.client_optimizer, batch_size=batch_size,
+                                             proximal_mu=self.proximal_mu, shuffle=shuffle, x_spec=x_spec, y_spec=y_spec)
         devices = tuple(c.player.device for c in clients)
         runner_key = ("runner", key, devices)
         if runner_key not in self._cache:
