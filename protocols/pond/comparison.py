@@ -19,7 +19,13 @@ Steps (``n`` elements; the producer's correlated randomness comes through the de
 
 In all 8 rounds and ``16 + 352 + 2 = 370`` bytes per element between the servers; the producer sends
 ``8 (edaBit) + 11 * 8 (AND triples) + 8 (daBit)`` = 104 bytes per element and 32 bytes of seed per server
-and dealt tensor.
+and dealt tensor. That is the full-ring version (checked mode uses it: it must judge any ring element).
+
+Bounded version (``magnitude_bits = K <= 31``, used for every comparison of encodable values and their
+differences, ``K = int_bits + frac_bits + 1``): the caller guarantees ``|x| < 2**K``; server0 adds ``2**K``
+before masking, so ``msb(x) = 1 xor bit_K(x + 2**K)``, and the borrow comparison runs on the ``K`` low bits
+only, two elements per 64-bit word (lanes of 32 bits; shifted bits never cross a lane). For ``K = 29``
+(default preset): 7 rounds, ``16 + 9 * 16 + 2 = 162`` bytes per element between the servers.
 
 Semi-honest security, one corrupted player of three: a server sees only its shares, ``m`` (uniform, since
 ``r`` is uniform and unknown to it), the opened ``e, d`` of each AND (uniform, masked by triple values it
