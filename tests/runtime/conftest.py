@@ -150,3 +150,59 @@ def terminate(process: Process, sig=signal.SIGTERM, timeout: float = 20.0) -> in
     """Send ``sig`` and return the exit status (bounded)."""
     os.kill(process.popen.pid, sig)
     return process.popen.wait(timeout)
+
+
+EXAMPLE = HERE.parents[1] / "examples" / "multi_host.py"
+
+
+@pytest.fixture(scope="session")
+def cluster_run(tmp_path_factory):
+    """One run against four `tfe-lite serve` players behind the README's stunnel recipe, the driver as bob:
+    the driver's report (driver.py run), the example on the cluster and in local mode, what the tunnel
+    saw, and how the players stopped. Every process is stopped at the end."""
+    import ssl
+
+    import tunnel
+
+    tmp = tmp_path_factory.mktemp("cluster")
+    processes, stunnel, ports = tunnel.start(tmp, ("server0", "server1", "crypto-producer", "alice"), driver="bob")
+    try:
+        report = processes.driver("run").result()
+        report["connections"] = tunnel.connections_to(ports["listen"].values())
+        report["stunnel_pid"] = stunnel.popen.pid
+        example = [sys.executable, str(EXAMPLE), "--seed", "5", "--size", "32"]
+        runs = {mode: subprocess.Popen(example + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       cwd=EXAMPLE.parent)
+                for mode, extra in (("remote", ["--config", str(processes.cluster), "--timeout", "20"]), ("local", []))}
+        report["example"] = {}
+        for mode, run in runs.items():
+            out, err = run.communicate(timeout=120)
+            report["example"][mode] = out if run.returncode == 0 else f"exit {run.returncode}: {err[-3000:]}"
+        port = ports["tls"]["server1"]
+        report["tls"] = {who: tunnel.tls_answers(tmp, port, "server1", cert)
+                         for who, cert in (("member", "driver-host"), ("no certificate", None), ("other CA", "intruder"))}
+        try:
+            tunnel.tls_answers(tmp, port, "server0", cert="driver-host")
+            report["tls"]["wrong name"] = "accepted"
+        except ssl.SSLCertVerificationError as error:
+            report["tls"]["wrong name"] = error.verify_message
+        report["stunnel_log"] = (tmp / "stunnel.log").read_text()
+        report["stopped"] = {}
+        for name, sig in (("server0", signal.SIGTERM), ("alice", signal.SIGINT)):
+            status = terminate(processes.players[name], sig)
+            line = next((l for l in processes.players[name].seen + list(_drain(processes.players[name])) if "stopping" in l), "")
+            report["stopped"][name] = [status, line]
+        yield report
+    finally:
+        processes.close()
+
+
+def _drain(process: Process):
+    while True:
+        try:
+            line = process.lines.get(timeout=5)
+        except queue.Empty:
+            return
+        if line is None:
+            return
+        yield line

@@ -1,7 +1,6 @@
 """A driving program for the runtime tests, run as its own process against `tfe-lite serve` players.
 
     python driver.py run CLUSTER.json      the scenarios, placement (traced and executed), native kernels
-    python driver.py connect CLUSTER.json  connect only
     python driver.py faults CLUSTER.json   compute; on each "go" line of stdin compute again, on "loop"
                                            compute until a player is lost
 
@@ -105,17 +104,9 @@ def run(config: tfe_lite.RemoteConfig) -> None:
          placed=placed, executed=executed, fresh=fresh)
 
 
-def connect(config: tfe_lite.RemoteConfig) -> None:
-    start = time.monotonic()
-    try:
-        Pond(config)
-        emit(ok=True, seconds=time.monotonic() - start)
-    except tfe_lite.errors.TfeLiteError as error:
-        emit(ok=False, error=type(error).__name__, message=str(error), seconds=time.monotonic() - start)
-
-
 def faults(config: tfe_lite.RemoteConfig) -> None:
-    """Compute, then once per "go" line: compute again with a new protocol, reporting the outcome."""
+    """Compute; then once per line of stdin compute again ("go") or until a player is lost ("loop", at
+    most 60 s), each time with a new protocol instance, reporting the outcome."""
     v = scenarios.inputs()
 
     def compute():
@@ -123,26 +114,23 @@ def faults(config: tfe_lite.RemoteConfig) -> None:
             prot = Pond(config, seed=scenarios.SEED)
             return (prot.share(v["x"], owner="alice") @ prot.share(v["w"], owner="alice")).reveal(to="alice").numpy()
 
-    emit(ok=True, value=compute().tolist())
-    for line in sys.stdin:
-        command = line.strip()
-        if command not in ("go", "loop"):
-            break
+    command = "go"
+    while command in ("go", "loop"):
         runs, start = 0, time.monotonic()
         try:
             value = compute()
-            if command == "loop":  # compute until a player is lost (at most 60 s)
+            if command == "loop":
                 emit(looping=True)
                 while time.monotonic() - start < 60:
                     value, runs = compute(), runs + 1
             emit(ok=True, value=value.tolist(), seconds=time.monotonic() - start, runs=runs)
         except tfe_lite.errors.TfeLiteError as error:
-            failed = time.monotonic()
-            emit(ok=False, error=type(error).__name__, message=str(error), seconds=failed - start, runs=runs)
+            emit(ok=False, error=type(error).__name__, message=str(error), seconds=time.monotonic() - start, runs=runs)
+        command = sys.stdin.readline().strip()
 
 
 if __name__ == "__main__":
     mode, path = sys.argv[1], sys.argv[2]
     timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 20.0
-    {"run": run, "connect": connect, "faults": faults}[mode](tfe_lite.RemoteConfig.load(path, timeout=timeout))
+    {"run": run, "faults": faults}[mode](tfe_lite.RemoteConfig.load(path, timeout=timeout))
     sys.stdout.flush()

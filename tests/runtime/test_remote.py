@@ -1,4 +1,5 @@
-"""Pond against four `tfe-lite serve` players and a driver process (running as the player bob).
+"""Pond against four `tfe-lite serve` players (behind the README's TLS tunnels) and a driver process
+running as the player bob.
 
 The driver runs tests/runtime/scenarios.py: its results must equal local mode's (same seeds, bit for bit)
 and the plaintext within the fixed-point bounds of tests/protocols/oracle.py; every op must run in the
@@ -6,8 +7,6 @@ process of the player the protocol placed it on (from each player's own profiler
 """
 
 import re
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import tensorflow as tf
 
 import scenarios
 import tfe_lite
-from conftest import terminate
 from tfe_lite.protocols import Pond
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "protocols"))
@@ -25,36 +23,15 @@ from oracle import assert_close, conv_tol, encode_tol, matmul_tol, mul_tol  # no
 
 pytestmark = pytest.mark.slow
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "multi_host.py"
-
 
 @pytest.fixture(scope="module")
-def remote(tmp_path_factory):
-    """The driver's report from one run against the players (started and stopped here)."""
-    from conftest import Processes, write_cluster
+def remote(cluster_run):
+    return cluster_run
 
-    cluster = write_cluster(tmp_path_factory.mktemp("remote") / "cluster.json", scenarios.PLAYERS, driver="bob")
-    processes = Processes(cluster)
-    try:
-        processes.serve("server0", "server1", "crypto-producer", "alice")
-        report = processes.driver("run").result()
-        # The example, against the same players and in local mode (at once), with the same seed.
-        example = [sys.executable, str(EXAMPLE), "--seed", "5", "--size", "32"]
-        runs = {mode: subprocess.Popen(example + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=EXAMPLE.parent)
-                for mode, extra in (("remote", ["--config", str(cluster), "--timeout", "20"]), ("local", []))}
-        report["example"] = {}
-        for mode, run in runs.items():
-            out, err = run.communicate(timeout=120)
-            assert run.returncode == 0, err[-3000:]
-            report["example"][mode] = out
-        # SIGTERM and SIGINT stop a player cleanly (status 0, a log line).
-        assert terminate(processes.players["server0"], signal.SIGTERM) == 0
-        assert terminate(processes.players["alice"], signal.SIGINT) == 0
-        for name in ("server0", "alice"):
-            processes.players[name].expect(f"tfe-lite serve: player {name!r} stopping", 5)
-        yield report
-    finally:
-        processes.close()
+
+def test_players_stop_cleanly_on_sigterm_and_sigint(remote):
+    for name, (status, line) in remote["stopped"].items():
+        assert status == 0 and line.startswith(f"tfe-lite serve: player {name!r} stopping"), (name, status, line)
 
 
 @pytest.fixture(scope="module")
