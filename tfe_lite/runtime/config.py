@@ -22,10 +22,11 @@ everything it holds (TensorFlow's server runs whatever ops it is sent). See the 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import threading
 import time
-import contextlib
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -45,8 +46,6 @@ _connect_lock = threading.Lock()
 
 
 def _free_port(host: str) -> int:
-    import socket
-
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
