@@ -1,0 +1,173 @@
+"""Private activations: the functions (``relu``, ``sigmoid``, ``tanh``, ``softmax``, ``linear``) and the
+layers ``Activation``, ``ReLU``, ``LeakyReLU`` and ``Softmax``.
+
+``relu`` is exact (a comparison); ``sigmoid``, ``tanh`` and ``softmax`` are the protocol's approximations,
+within the bounds their docstrings in :mod:`tfe_lite.protocols.pond` state. Dense and Conv2D apply their
+``activation`` argument through :func:`apply_activation`.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tfe_lite.errors import ConfigError
+
+from .base import PrivateLayer, register, saved
+
+#: Activations with a private version (Keras names).
+ACTIVATIONS = ("linear", "relu", "sigmoid", "softmax", "tanh")
+
+
+def activation_name(fn) -> str | None:
+    """The Keras name of activation ``fn`` when it has a private version, else None."""
+    name = getattr(fn, "__name__", None)
+    if name in ACTIVATIONS and keras.activations.get(name) is fn:
+        return name
+    return None
+
+
+def describe_activation(fn) -> str:
+    """How an unsupported activation is named in an error."""
+    return getattr(fn, "__name__", None) or repr(fn)
+
+
+def apply_activation(name: str, x, *, save: bool = False):
+    """``(activation(x), saved)``: the 0/1 mask of ``relu`` and the output of ``sigmoid``, ``tanh``,
+    ``softmax`` are what their backward rules need."""
+    prot = x.protocol
+    if name == "linear":
+        return x, None
+    if name == "relu":
+        if save:
+            y, mask = prot.relu(x, return_mask=True)
+            return y, {"mask": mask}
+        return prot.relu(x), None
+    if name == "softmax":
+        y = prot.softmax(x, axis=-1)
+    elif name == "sigmoid":
+        y = prot.sigmoid(x)
+    elif name == "tanh":
+        y = prot.tanh(x)
+    else:
+        raise ConfigError(f"Received an invalid value for `activation`, expected one of {list(ACTIVATIONS)}. Received: activation={name!r}")
+    return y, saved(save, y=y)
+
+
+def check_activation(name) -> str:
+    if name is None:
+        return "linear"
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"Received an invalid value for `activation`, expected one of {list(ACTIVATIONS)} or None. Received: activation={name!r}")
+    return name
+
+
+@register
+class PrivateActivation(PrivateLayer):
+    """``keras.layers.Activation`` on Pond tensors: one of :data:`ACTIVATIONS`."""
+
+    def __init__(self, activation: str, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = check_activation(activation)
+
+    def forward(self, inputs, *, save=False):
+        return apply_activation(self.activation, inputs, save=save)
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation}
+
+    @classmethod
+    def unsupported(cls, layer) -> list[str]:
+        if activation_name(layer.activation) is None:
+            return [f"activation={describe_activation(layer.activation)!r} has no private version (supported: {', '.join(ACTIVATIONS)})"]
+        return []
+
+    @classmethod
+    def from_keras(cls, layer, protocol):
+        return cls(activation_name(layer.activation), protocol=protocol, name=layer.name)
+
+
+@register
+class PrivateReLU(PrivateLayer):
+    """``keras.layers.ReLU`` (and ``LeakyReLU``): ``max(x, 0)`` with an optional ``negative_slope`` below 0
+    and an optional ``max_value`` cap.
+
+    ``f(x) = relu(x) - relu(x - m) + a (x - relu(x))`` for slope ``a`` and cap ``m``: one comparison per
+    element, two with a cap (both in one protocol call).
+    """
+
+    def __init__(self, max_value: float | None = None, negative_slope: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if max_value is not None and not (isinstance(max_value, (int, float)) and max_value > 0):
+            raise ConfigError(f"Received an invalid value for `max_value`, expected a positive number or None. Received: max_value={max_value!r}")
+        if not (isinstance(negative_slope, (int, float)) and 0 <= negative_slope < 1):
+            raise ConfigError(f"Received an invalid value for `negative_slope`, expected a number in [0, 1). Received: negative_slope={negative_slope!r}")
+        self.max_value = None if max_value is None else float(max_value)
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, inputs, *, save=False):
+        prot = inputs.protocol
+        if self.max_value is None:
+            r, keep = apply_activation("relu", inputs, save=save)
+            y = r
+        else:
+            n = inputs.shape[0]
+            both = prot.relu(prot.concat([inputs, inputs - self.max_value], axis=0), return_mask=save)
+            both, mask = both if save else (both, None)
+            r = both[:n]
+            y = r - both[n:]
+            keep = saved(save, mask=mask)
+        if self.negative_slope:
+            y = y + (inputs - r) * self.negative_slope  # x - relu(x) is min(x, 0)
+        return y, keep
+
+    def get_config(self):
+        return {**super().get_config(), "max_value": self.max_value, "negative_slope": self.negative_slope}
+
+    @classmethod
+    def unsupported(cls, layer) -> list[str]:
+        problems = []
+        threshold = float(getattr(layer, "threshold", 0.0))
+        if threshold != 0.0:
+            problems.append(f"threshold={threshold!r} has no private version (only 0)")
+        slope = float(getattr(layer, "negative_slope", 0.0))
+        if not 0 <= slope < 1:
+            problems.append(f"negative_slope={slope!r} has no private version (only 0 <= negative_slope < 1)")
+        max_value = getattr(layer, "max_value", None)
+        if max_value is not None and float(max_value) <= 0:
+            problems.append(f"max_value={max_value!r} has no private version (only a positive cap)")
+        return problems
+
+    @classmethod
+    def from_keras(cls, layer, protocol):
+        max_value = getattr(layer, "max_value", None)
+        return cls(max_value=None if max_value is None else float(max_value),
+                   negative_slope=float(getattr(layer, "negative_slope", 0.0)), protocol=protocol, name=layer.name)
+
+
+@register
+class PrivateSoftmax(PrivateLayer):
+    """``keras.layers.Softmax`` over ``axis``: the protocol's softmax (exact max subtracted first)."""
+
+    def __init__(self, axis: int = -1, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            raise ConfigError(f"Received an invalid value for `axis`, expected an integer. Received: axis={axis!r}")
+        self.axis = axis
+
+    def forward(self, inputs, *, save=False):
+        y = inputs.protocol.softmax(inputs, axis=self.axis)
+        return y, saved(save, y=y)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
+
+    @classmethod
+    def unsupported(cls, layer) -> list[str]:
+        axis = layer.axis
+        if not isinstance(axis, int):
+            return [f"axis={axis!r} has no private version (only one axis)"]
+        return []
+
+    @classmethod
+    def from_keras(cls, layer, protocol):
+        return cls(axis=layer.axis, protocol=protocol, name=layer.name)

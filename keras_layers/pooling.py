@@ -1,0 +1,99 @@
+"""Private pooling (channels last): ``MaxPooling2D``, ``AveragePooling2D``, ``GlobalAveragePooling2D``,
+``GlobalMaxPooling2D``.
+
+Max pooling is the protocol's exact comparison tree (``prot.max_pool2d``, ``prot.reduce_max``); average
+pooling is local window sums and a product with the public ``1 / count``.
+"""
+
+from __future__ import annotations
+
+from tfe_lite.errors import ConfigError
+
+from .base import PrivateLayer, register, saved
+from .conv2d import channels_last_problems, padding_name, pair
+
+
+class _Pooling2D(PrivateLayer):
+    """A window pooling: ``pool_size``, ``strides`` (None: the pool size) and ``padding``."""
+
+    def __init__(self, pool_size=2, strides=None, padding: str = "valid", **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = pair(pool_size, "pool_size")
+        self.strides = self.pool_size if strides is None else pair(strides, "strides")
+        self.padding = padding_name(padding)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size, "strides": self.strides, "padding": self.padding}
+
+    @classmethod
+    def unsupported(cls, layer) -> list[str]:
+        return channels_last_problems(layer)
+
+    @classmethod
+    def from_keras(cls, layer, protocol):
+        return cls(tuple(layer.pool_size), tuple(layer.strides), layer.padding, protocol=protocol, name=layer.name)
+
+
+@register
+class PrivateMaxPooling2D(_Pooling2D):
+    """``keras.layers.MaxPooling2D`` on Pond tensors ``[N, H, W, C]`` (``prot.max_pool2d``)."""
+
+    def forward(self, inputs, *, save=False):
+        self._check_rank(inputs, 4, "inputs of shape [N, H, W, C]")
+        y = inputs.protocol.max_pool2d(inputs, self.pool_size, strides=self.strides, padding=self.padding.upper())
+        # The backward rule routes the gradient through the argmax of each window of x.
+        return y, saved(save, x=inputs)
+
+
+@register
+class PrivateAveragePooling2D(_Pooling2D):
+    """``keras.layers.AveragePooling2D`` on Pond tensors ``[N, H, W, C]`` (SAME averages over the in-bounds
+    part of each window, as Keras)."""
+
+    def forward(self, inputs, *, save=False):
+        self._check_rank(inputs, 4, "inputs of shape [N, H, W, C]")
+        y = inputs.protocol.avg_pool2d(inputs, self.pool_size, strides=self.strides, padding=self.padding.upper())
+        return y, saved(save)
+
+
+class _GlobalPooling2D(PrivateLayer):
+    def __init__(self, keepdims: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(keepdims, bool):
+            raise ConfigError(f"Received an invalid value for `keepdims`, expected True or False. Received: keepdims={keepdims!r}")
+        self.keepdims = keepdims
+
+    def get_config(self):
+        return {**super().get_config(), "keepdims": self.keepdims}
+
+    @classmethod
+    def unsupported(cls, layer) -> list[str]:
+        return channels_last_problems(layer)
+
+    @classmethod
+    def from_keras(cls, layer, protocol):
+        return cls(bool(layer.keepdims), protocol=protocol, name=layer.name)
+
+
+@register
+class PrivateGlobalAveragePooling2D(_GlobalPooling2D):
+    """``keras.layers.GlobalAveragePooling2D``: a local sum over H and W, times the public ``1 / (H W)``."""
+
+    def forward(self, inputs, *, save=False):
+        self._check_rank(inputs, 4, "inputs of shape [N, H, W, C]")
+        _, h, w, _ = inputs.shape
+        y = inputs.reduce_sum(axis=[1, 2], keepdims=self.keepdims) * (1.0 / (h * w))
+        return y, saved(save)
+
+
+@register
+class PrivateGlobalMaxPooling2D(_GlobalPooling2D):
+    """``keras.layers.GlobalMaxPooling2D``: the exact maximum over the ``H W`` positions of each channel."""
+
+    def forward(self, inputs, *, save=False):
+        self._check_rank(inputs, 4, "inputs of shape [N, H, W, C]")
+        n, h, w, c = inputs.shape
+        y = inputs.protocol.reduce_max(inputs.reshape([n, h * w, c]), axis=1)
+        if self.keepdims:
+            y = y.reshape([n, 1, 1, c])
+        return y, saved(save, x=inputs)
