@@ -210,3 +210,15 @@ def test_broken_library_raises_with_the_remedy(monkeypatch, tmp_path):
         ops.available()
     monkeypatch.setenv(ops.ENV_VAR, "0")  # the escape hatch named in the message
     assert ops.backend() == "tensorflow"
+
+
+@pytest.mark.parametrize("shape,ksize,strides,padding", [
+    ((2, 7, 6, 3), (3, 3), (1, 1), "VALID"), ((2, 7, 6, 3), (3, 2), (2, 3), "SAME"), ((1, 5, 5, 1), (5, 5), (1, 1), "VALID"),
+    ((1, 4, 4, 2), (1, 1), (2, 2), "SAME"), ((3, 9, 8, 2), (2, 2), (2, 2), "VALID"), ((1, 6, 6, 1), (4, 4), (3, 3), "SAME"),
+])
+def test_patches_by_slices_equal_extract_patches(shape, ksize, strides, padding):
+    from tfe_lite import ring
+
+    x = tf.constant(np.random.default_rng(0).integers(-2**62, 2**62, size=shape), tf.int64)
+    expected = tf.image.extract_patches(x, [1, *ksize, 1], [1, *strides, 1], [1, 1, 1, 1], padding)
+    np.testing.assert_array_equal(ring.patches(x, ksize, strides, padding).numpy(), expected.numpy())
