@@ -10,14 +10,15 @@ Steps (``n`` elements; the producer's correlated randomness comes through the de
 2. Borrow. ``x = m - r``, so ``msb(x) = m_63 xor r_63 xor [m' < r']`` with ``m'``, ``r'`` the low 63 bits.
    ``m'`` is public, ``r'`` XOR-shared, so per bit ``g = r & ~m`` ("r is larger here") and ``p = ~(r xor m)``
    ("equal here") are XOR shares computed locally.
-3. Prefix (6 rounds, 11 AND words = 352n bytes). A parallel-prefix (Kogge-Stone) combination
+3. Prefix (6 rounds, 272n bytes). A parallel-prefix (Kogge-Stone) combination
    ``(g, p) <- (g xor (p & (g << s)), p & (p << s))`` for ``s = 1, 2, 4, ..., 32`` over 64-bit words leaves
    ``[r' > m']`` in bit 62 of ``g``. Each AND of XOR-shared words uses a binary Beaver triple: open
-   ``e = x xor a``, ``d = y xor b`` (uniform); ``z = c xor (e & b) xor (d & a) xor (e & d)``.
+   ``e = x xor a``, ``d = y xor b`` (uniform); ``z = c xor (e & b) xor (d & a) xor (e & d)``. Both ANDs of a
+   level share ``x = p``, so ``e`` is opened once for both (3 words per level, 2 in the last: 17 words).
 4. To arithmetic (1 round, 2n bytes). The bit ``b`` (XOR-shared) is opened masked by a *daBit* ``s`` (XOR
    and additive shares of one random bit): ``t = b xor s`` is uniform; then ``b = t + s - 2 t s`` locally.
 
-In all 8 rounds and ``16 + 352 + 2 = 370`` bytes per element between the servers; the producer sends
+In all 8 rounds and ``16 + 272 + 2 = 290`` bytes per element between the servers; the producer sends
 ``8 (edaBit) + 11 * 8 (AND triples) + 8 (daBit)`` = 104 bytes per element and 32 bytes of seed per server
 and dealt tensor. That is the full-ring version (checked mode uses it: it must judge any ring element).
 
@@ -25,7 +26,7 @@ Bounded version (``magnitude_bits = K <= 31``, used for every comparison of enco
 differences, ``K = int_bits + frac_bits + 1``): the caller guarantees ``|x| < 2**K``; server0 adds ``2**K``
 before masking, so ``msb(x) = 1 xor bit_K(x + 2**K)``, and the borrow comparison runs on the ``K`` low bits
 only, two elements per 64-bit word (lanes of 32 bits; shifted bits never cross a lane). For ``K = 29``
-(default preset): 7 rounds, ``16 + 9 * 16 + 2 = 162`` bytes per element between the servers.
+(default preset): 7 rounds, ``16 + 14 * 16 / 2 + 2 = 130`` bytes per element between the servers.
 
 Semi-honest security, one corrupted player of three: a server sees only its shares, ``m`` (uniform, since
 ``r`` is uniform and unknown to it), the opened ``e, d`` of each AND (uniform, masked by triple values it
@@ -63,21 +64,22 @@ def _open(prot, parts, what: str, dtype=tf.int64):
 
 
 def _and(prot, x: tuple, y: tuple) -> tuple:
-    """XOR shares of ``x & y`` for XOR-shared int64 words (one round, one binary triple)."""
+    """XOR shares of ``x & y`` for XOR-shared int64 words (one round, one binary triple); ``x`` may have
+    fewer dimensions than ``y`` (it broadcasts, and is opened once for all of ``y``'s rows)."""
     t = prot.dealer.triple(TripleSpec("and", tuple(x[0].shape), tuple(y[0].shape)))
     s0, s1 = prot.server0, prot.server1
-    with tf.device(s0.device):
-        e0, d0 = tf.bitwise.bitwise_xor(x[0], t.a0), tf.bitwise.bitwise_xor(y[0], t.b0)
-    with tf.device(s1.device):
-        e1, d1 = tf.bitwise.bitwise_xor(x[1], t.a1), tf.bitwise.bitwise_xor(y[1], t.b1)
-    # One message each way carries both opened words.
-    ed0, ed1 = _open(prot, (tf.stack([e0, d0]), tf.stack([e1, d1])), "xor_and")
     band, bxor = tf.bitwise.bitwise_and, tf.bitwise.bitwise_xor
     with tf.device(s0.device):
-        e, d = ed0[0], ed0[1]
-        z0 = bxor(bxor(t.c0, band(e, t.b0)), bxor(band(d, t.a0), band(e, d)))
+        e0, d0 = bxor(x[0], t.a0), bxor(y[0], t.b0)
     with tf.device(s1.device):
-        e, d = ed1[0], ed1[1]
+        e1, d1 = bxor(x[1], t.a1), bxor(y[1], t.b1)
+    e_on = _open(prot, (e0, e1), "xor_and")
+    d_on = _open(prot, (d0, d1), "xor_and")
+    with tf.device(s0.device):
+        e, d = e_on[0], d_on[0]
+        z0 = bxor(bxor(t.c0, band(e, bxor(t.b0, d))), band(d, t.a0))  # c0 ^ e&b0 ^ d&a0 ^ e&d
+    with tf.device(s1.device):
+        e, d = e_on[1], d_on[1]
         z1 = bxor(t.c1, bxor(band(e, t.b1), band(d, t.a1)))
     return z0, z1
 
@@ -104,8 +106,8 @@ def msb(prot, x: PrivateTensor, magnitude_bits: int | None = None) -> PrivateTen
     With ``magnitude_bits = K`` (``K <= 31``) the caller guarantees ``|x| < 2**K`` (true for in-range values
     and their differences): then ``x + 2**K`` is non-negative below ``2**(K+1)``, its bit ``K`` is the
     answer, and the borrow comparison runs on ``K`` bits only, two elements packed per 64-bit word
-    (``ceil(log2 K)`` AND rounds: 9 AND words per 2 elements for ``K = 29``, 162 bytes per element
-    instead of 370). Without it every ring element is handled (checked mode)."""
+    (``ceil(log2 K)`` AND rounds: 14 opened words per 2 elements for ``K = 29``, 130 bytes per element
+    instead of 290). Without it every ring element is handled (checked mode)."""
     shape = tuple(x.shape)
     n = int(np.prod(shape, dtype=np.int64))
     s0, s1 = prot.server0, prot.server1
@@ -136,8 +138,9 @@ def msb(prot, x: PrivateTensor, magnitude_bits: int | None = None) -> PrivateTen
         for i, server in enumerate((s0, s1)):
             with tf.device(server.device):
                 moved = [band(tf.bitwise.left_shift(w[i], np.int64(shift)), keep) for w in lhs]
-                shifted.append((tf.stack([p[i]] * len(lhs)), tf.stack(moved)))
-        products = _and(prot, (shifted[0][0], shifted[1][0]), (shifted[0][1], shifted[1][1]))
+                shifted.append(tf.stack(moved))
+        # p & (g << s) and p & (p << s) in one AND: p is opened once for both rows.
+        products = _and(prot, (p[0], p[1]), (shifted[0], shifted[1]))
         for i, server in enumerate((s0, s1)):
             with tf.device(server.device):
                 g[i] = bxor(g[i], products[i][0])

@@ -1,6 +1,6 @@
 """Comparisons and what is built from them: less, sign, relu (with its derivative mask), maximum, the max and
 argmax of an axis, max pooling. Every one is exact on the fixed-point encodings (no approximation, no failure
-probability): each rests on the sign-bit protocol of :mod:`.comparison` (8 rounds, 370 bytes per compared
+probability): each rests on the sign-bit protocol of :mod:`.comparison` (7 rounds, 130 bytes per compared
 element between the servers) and, where a bit selects a value, one Beaver product of the value with the raw
 bit (1 round, 32 bytes per element; exact, no truncation, since the bit is an integer).
 
