@@ -125,6 +125,7 @@ def secure(model: keras.Model, *, protocol: Pond, model_owner: str = "model-owne
         protocol=protocol, client=client, model_owner=model_owner, steps=steps, inputs=graph.inputs,
         outputs=graph.outputs, input_shapes=graph.input_shapes, output_shapes=graph.output_shapes,
         nested_inputs=graph.nested_inputs, nested_outputs=graph.nested_outputs, name=f"private_{graph.name}",
+        dtype=model.dtype_policy,
     )
 
 
@@ -178,7 +179,8 @@ def _read_graph(model) -> _Graph:
             if node.is_input:
                 continue
             args = node.arguments.args if node.arguments is not None else ()
-            as_list = len(args) == 1 and isinstance(args[0], (list, tuple))
+            # a merge layer takes one list; an operation (``a + b``) its tensors as arguments: both get a list
+            as_list = (len(args) == 1 and isinstance(args[0], (list, tuple))) or not isinstance(node.operation, L.Layer)
             item = _Node(node.operation, [key(t) for t in node.input_tensors], as_list, [key(t) for t in node.outputs],
                          [tuple(t.shape) for t in node.input_tensors])
             item.problems = _node_problems(item, args, node.arguments.kwargs if node.arguments is not None else {})

@@ -90,7 +90,7 @@ class PrivateModel(keras.Model):
             raise ShapeError(f"Received {len(flat)} inputs; the model takes {len(self._input_keys)}.")
         if in_symbolic_scope():  # Keras only asks for the output shapes here: nothing is shared
             batch = tf.shape(flat[0])[:1]
-            outs = [tf.zeros(tf.concat([batch, shape], 0), tf.float32) for shape in self.private_output_shapes]
+            outs = [tf.zeros(tf.concat([batch, shape], 0), self.compute_dtype) for shape in self.private_output_shapes]
         else:
             outs = self._padded_forward(flat)
         return list(outs) if self._nested_outputs else outs[0]
@@ -109,15 +109,17 @@ class PrivateModel(keras.Model):
         prot, client = self._protocol, self.client.name
         values = {}
         for i, (key, x, shape) in enumerate(zip(self._input_keys, inputs, self.private_input_shapes)):
-            if x.shape.rank is None or x.shape[0] is None or tuple(x.shape[1:]) != shape:
+            static = tf.TensorShape(x.shape)
+            if static.rank is None or static[0] is None or tuple(static[1:]) != shape:
                 name = f"x[{i}]" if self._nested_inputs else "x"
                 raise ShapeError(f"Received an invalid shape for `{name}`, expected (batch, {', '.join(map(str, shape))}) "
-                                 f"with a known batch size. Received: {name}.shape={tuple(x.shape)}")
+                                 f"with a known batch size. Received: {name}.shape={tuple(static)}")
             values[key] = prot.share(x, owner=client)  # masked on the client's device
         for step in self._steps:
             args = [values[k] for k in step.inputs]
             values[step.output] = step.layer(args if step.as_list else args[0])
-        return [values[key].reveal(to=client, dtype=tf.float32) for key in self._output_keys]
+        dtype = tf.as_dtype(self.compute_dtype)
+        return [values[key].reveal(to=client, dtype=dtype) for key in self._output_keys]
 
     # ---------------------------------------------------------------------------- Keras entry points
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
