@@ -1,7 +1,7 @@
 """Federated learning: time per round plain / secure aggregation / DP for 2 and 100 clients, bytes per client
 against the theory, and the two-schools accuracy against a centralized model.
 
-Usage: python benchmarks/federated.py [--rounds 7] [--replicas 0] [--accuracy-rounds 10] [--skip-accuracy]
+Usage: python benchmarks/federated.py [--rounds 7] [--replicas 0] [--accuracy-rounds 10] [--parts two,many,accuracy]
 
 Part 1, two clients: MNIST (4,000 training images) split between two schools, a small CNN (56,714
 parameters), one local epoch of batch 32 per round. Part 2, 100 clients with two label shards each (non-IID,
@@ -9,7 +9,9 @@ parameters), one local epoch of batch 32 per round. Part 2, 100 clients with two
 Each variant is a FedAvg of its own; rounds run interleaved, variant after variant, so load changes on the
 machine hit all of them alike, after one warm-up round each (tracing); the median round is reported with its
 ratio to the plain round. A round is timed from its start to the model update (no validation). The warm-up
-round has every client take part, so that each client's traced functions exist before timing starts.
+round has every client take part, so that each client's traced functions exist before timing starts. Timed
+rounds do not read the protocol's traffic counters (``fit(count_traffic=False)``), except "secure counted";
+the bytes come from one counted round of each variant.
 
 "central" trains the union of each plain round's clients' data on one device with the same epochs and batch
 size: "central fn" with the very training function the clients run, "central fit" with Keras ``model.fit``.
@@ -20,7 +22,8 @@ int64 vector for server1); DP adds the clip (4 bytes) to the download. The revea
 ``8 (P + 1)`` from server1 to the aggregator (server0).
 
 Part 3 (unless ``--skip-accuracy``): the two schools' FedAvg test accuracy after ``--accuracy-rounds`` rounds
-against a centralized model trained for as many epochs on the union (SGD 0.05, batch 32), plain and secure.
+against a centralized model trained for as many epochs on the union (SGD 0.05, batch 32), plain and secure,
+for three seeds (initial weights and data order), and the difference of the means.
 
 Targets: secure round <= 1.3x plain (2 and 100 clients); 100 clients, 10 per round: a plain round <= 2x the
 central training of those clients' data; two schools within 1 accuracy point of centralized.
@@ -47,7 +50,12 @@ def parse_arguments(argv=None):
                         help="devices shared by the 100 clients (0: each client its own, a LocalConfig)")
     parser.add_argument("--accuracy-rounds", type=positive_int, default=10)
     parser.add_argument("--skip-accuracy", action="store_true")
-    return parser.parse_args(argv)
+    parser.add_argument("--parts", default="two,many,accuracy", help="comma-separated parts to run: two, many, accuracy")
+    args = parser.parse_args(argv)
+    unknown = set(args.parts.split(",")) - {"two", "many", "accuracy"}
+    if unknown:
+        parser.error(f"argument --parts: expected parts among two, many, accuracy, received {sorted(unknown)}")
+    return args
 
 
 def two_school_cnn():
@@ -90,18 +98,20 @@ class RoundTimer:
         self.callback = Callback()
 
 
-def make_fedavg(config, model_fn, variant: str, learning_rate: float, metrics=None):
+def make_fedavg(config, model_fn, variant: str, learning_rate: float, metrics=None, seed=None):
+    """A FedAvg of ``variant`` (plain, secure, dp, secure+dp); ``seed`` fixes its sampling and shuffling."""
     import keras
 
     from tfe_lite.federated import ClientDP, FedAvg
 
     def fresh():
-        keras.utils.set_random_seed(0)
+        keras.utils.set_random_seed(seed or 0)
         return model_fn()
 
     dp = ClientDP(DP_CLIP, DP_NOISE, delta=1e-3) if "dp" in variant else None
     return FedAvg(fresh, config=config, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=metrics,
-                  client_optimizer=keras.optimizers.SGD(learning_rate), secure_aggregation="secure" in variant, dp=dp)
+                  client_optimizer=keras.optimizers.SGD(learning_rate), secure_aggregation="secure" in variant, dp=dp,
+                  seed=seed)
 
 
 def bytes_per_client(fedavg, aggregator="server0"):
@@ -127,26 +137,29 @@ def time_variants(title, config, data, model_fn, variants, fit_kwargs, rounds, l
     print(f"== {title}")
     feds = {v: make_fedavg(config, model_fn, v, learning_rate) for v in variants}
     timers = {v: RoundTimer() for v in variants}
+    traffic = {}
     for v, fed in feds.items():
         fed.fit(data, rounds=1, verbose=0, **dict(fit_kwargs, clients_per_round=None))
+        fed.fit(data, rounds=1, verbose=0, **fit_kwargs)  # a counted round of the timed kind: the bytes
+        traffic[v] = bytes_per_client(fed)
     central_times = {"central fn": [], "central fit": []}
     for _ in range(rounds):
         for v, fed in feds.items():
-            fed.fit(data, rounds=1, verbose=0, callbacks=[timers[v].callback], **fit_kwargs)
+            fed.fit(data, rounds=1, verbose=0, callbacks=[timers[v].callback], count_traffic="counted" in v, **fit_kwargs)
             if v == "plain" and central is not None:
                 for name, seconds in central(fed.round_clients[-1]).items():
                     central_times[name].append(seconds)
     params = feds["plain"].model.count_params()
     base = statistics.median(timers["plain"].times)
     plain_times = timers["plain"].times
-    print(f"  {'variant':<14}{'round (median)':>16}{'x plain':>9}{'down B/client':>15}{'theory':>10}{'up B/client':>13}{'theory':>10}")
+    print(f"  {'variant':<16}{'round (median)':>14}{'x plain':>9}{'down B/client':>15}{'theory':>10}{'up B/client':>13}{'theory':>10}")
     for v in variants:
         median = statistics.median(timers[v].times)
         ratio = statistics.median(t / p for t, p in zip(timers[v].times, plain_times))  # same repetition: same load
-        down, up, reveal = bytes_per_client(feds[v])
+        down, up, reveal = traffic[v]
         t_down, t_up = theory(params, v)
-        print(f"  {v:<14}{median * 1e3:>13.1f} ms{ratio:>8.2f}x{down:>15,.0f}{t_down:>10,}{up:>13,.0f}{t_up:>10,}")
-        if "secure" in v:
+        print(f"  {v:<16}{median * 1e3:>11.1f} ms{ratio:>8.2f}x{down:>15,.0f}{t_down:>10,}{up:>13,.0f}{t_up:>10,}")
+        if "secure" in v and "counted" not in v:
             print(f"  {'':<14}reveal to the aggregator: {reveal:,} bytes per round (theory {8 * (params + 1):,})")
     for name, times in central_times.items():
         if times:
@@ -195,27 +208,41 @@ def central_trainer(fed, data_by_name, batch_size: int, epochs: int):
 
 
 def accuracy(config, data, args):
+    """Test accuracy of the centralized model and of FedAvg (plain, secure), for three seeds.
+
+    A seed fixes the initial weights (the same for all three) and the data order (Keras's shuffling; FedAvg's
+    client shuffling and, for secure aggregation, the protocol's keys): runs differ by a point or more
+    between seeds, so the target is judged on the means.
+    """
+    import statistics
+
     import keras
 
     from tfe_lite.federated import VirtualWorker, federate
 
     (x_train, y_train), (x_test, y_test) = data
-    print(f"== Accuracy: two schools, {args.accuracy_rounds} rounds of 1 local epoch vs {args.accuracy_rounds} centralized epochs")
-    keras.utils.set_random_seed(0)
-    central = two_school_cnn()
-    central.compile(keras.optimizers.SGD(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    central.fit(x_train, y_train, batch_size=32, epochs=args.accuracy_rounds, verbose=0)
-    central_acc = central.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
-    print(f"  centralized           test accuracy {central_acc:.4f}")
+    rounds = args.accuracy_rounds
+    print(f"== Accuracy: two schools, FedAvg {rounds} rounds of 1 local epoch vs {rounds} centralized epochs (SGD 0.05, batch 32)")
     schools = [VirtualWorker(n, config) for n in ("school-a", "school-b")]
-    for variant in ("plain", "secure"):
-        fed = make_fedavg(config, two_school_cnn, variant, 0.05, metrics=["accuracy"])
-        client_data = federate((x_train, y_train), schools, shuffle=True, seed=0)
-        history = fed.fit(client_data, rounds=args.accuracy_rounds, batch_size=32, validation_data=(x_test, y_test), verbose=0)
-        acc = history.history["val_accuracy"][-1]
-        print(f"  FedAvg {variant:<14} test accuracy {acc:.4f}   federated - centralized = {100 * (acc - central_acc):+.2f} points")
-        for w in schools:
-            w.clear_objects()
+    results = {"centralized": [], "FedAvg plain": [], "FedAvg secure": []}
+    for seed in (0, 1, 2):
+        keras.utils.set_random_seed(seed)
+        central = two_school_cnn()
+        central.compile(keras.optimizers.SGD(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        central.fit(x_train, y_train, batch_size=32, epochs=rounds, verbose=0)
+        results["centralized"].append(central.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"])
+        for variant in ("plain", "secure"):
+            fed = make_fedavg(config, two_school_cnn, variant, 0.05, metrics=["accuracy"], seed=seed)
+            client_data = federate((x_train, y_train), schools, shuffle=True, seed=seed)
+            history = fed.fit(client_data, rounds=rounds, batch_size=32, validation_data=(x_test, y_test), verbose=0)
+            results[f"FedAvg {variant}"].append(history.history["val_accuracy"][-1])
+            for w in schools:
+                w.clear_objects()
+    central_mean = statistics.mean(results["centralized"])
+    for name, accs in results.items():
+        mean = statistics.mean(accs)
+        diff = "" if name == "centralized" else f"   mean - centralized mean = {100 * (mean - central_mean):+.2f} points"
+        print(f"  {name:<16} seeds 0, 1, 2: {', '.join(f'{a:.4f}' for a in accs)}   mean {mean:.4f}{diff}")
 
 
 def main(args):
@@ -235,20 +262,23 @@ def main(args):
     (x_train, y_train), _ = data
     halves = np.array_split(np.random.default_rng(0).permutation(len(y_train)), 2)
     schools = {n: (x_train[h], y_train[h]) for n, h in zip(("school-a", "school-b"), halves)}
-    variants = ("plain", "secure", "dp", "secure+dp")
-    time_variants("Two schools, 2,000 images each, 1 local epoch, batch 32", two, schools, two_school_cnn, variants,
-                  dict(local_epochs=1, batch_size=32), args.rounds, 0.05)
+    parts = set(args.parts.split(","))
+    variants = ("plain", "secure", "dp", "secure+dp", "secure counted")
+    if "two" in parts:
+        time_variants("Two schools, 2,000 images each, 1 local epoch, batch 32", two, schools, two_school_cnn, variants,
+                      dict(local_epochs=1, batch_size=32), args.rounds, 0.05)
 
     shards = label_shards(y_train, 100, shards_per_client=2, seed=0)
     clients = {n: (x_train[s], y_train[s]) for n, s in zip(names, shards)}
     devices = "own device each" if args.replicas == 0 else f"{args.replicas} shared devices"
     title = f"100 clients (non-IID, 40 images each, {devices}), 10 per round, 2 local epochs, batch 10"
-    probe = make_fedavg(many, small_cnn, "plain", 0.05)
-    probe.fit({n: clients[n] for n in names[:2]}, rounds=1, local_epochs=2, batch_size=10, verbose=0)
-    central = central_trainer(probe, clients, batch_size=10, epochs=2)
-    time_variants(title, many, clients, small_cnn, ("plain", "secure", "dp"),
-                  dict(local_epochs=2, batch_size=10, clients_per_round=10), args.rounds, 0.05, central=central)
-    if not args.skip_accuracy:
+    if "many" in parts:
+        probe = make_fedavg(many, small_cnn, "plain", 0.05)
+        probe.fit({n: clients[n] for n in names[:2]}, rounds=1, local_epochs=2, batch_size=10, verbose=0)
+        central = central_trainer(probe, clients, batch_size=10, epochs=2)
+        time_variants(title, many, clients, small_cnn, ("plain", "secure", "dp", "secure counted"),
+                      dict(local_epochs=2, batch_size=10, clients_per_round=10), args.rounds, 0.05, central=central)
+    if "accuracy" in parts and not args.skip_accuracy:
         accuracy(two, data, args)
 
 

@@ -22,7 +22,8 @@ Fixed-point range: the sum is exact modulo 2^64 and decodes correctly only while
 stays inside ``±2**int_bits``. Before the round the caller states a public bound of each client's
 entries per segment (``bounds``: ``[(name, size, bound)]``); :meth:`SecureAggregator.check_range` refuses
 a round whose bounds can add up to the range, and each client checks on its own device that its vector
-respects its bounds before sharing it (one bit, whether they hold, leaves the device); both raise :class:`~tfe_lite.errors.EncodingError` naming what
+respects its bounds before sharing it (one bit, whether they hold, leaves the device); both raise
+:class:`~tfe_lite.errors.EncodingError` naming what
 to change. Encoding rounds every entry to ``2**-frac_bits``, so the revealed sum is within
 ``k * 2**-(frac_bits + 1)`` of the exact sum of ``k`` vectors.
 """

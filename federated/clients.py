@@ -250,8 +250,10 @@ class ClientRunner:
             loss.assign(mean_loss)
 
         def wave(weights, xs, ys, seeds, epochs):
-            per_replica = [strategy.experimental_distribute_values_from_function(lambda ctx, v=values: v[ctx.replica_id_in_sync_group])
-                           for values in (weights, xs, ys, tf.unstack(seeds))]
+            per_replica = [
+                strategy.experimental_distribute_values_from_function(lambda ctx, v=values: v[ctx.replica_id_in_sync_group])
+                for values in (weights, xs, ys, tf.unstack(seeds))
+            ]
             strategy.run(replica_step, args=(*per_replica, epochs))
 
         signature = [[tf.TensorSpec([training.size], tf.float32)] * replicas, [training.x_spec] * replicas,

@@ -42,11 +42,13 @@ def _rows(arrays: Sequence[np.ndarray]) -> int:
 def _check_partition(partition: Sequence[Any], rows: int, names: list[str]) -> list[np.ndarray]:
     problems, parts, seen = [], [], np.zeros(rows, bool)
     if len(partition) != len(names):
-        raise ConfigError(f"`partition` must give one index array per worker ({len(names)} workers). Received {len(partition)} index arrays.")
+        raise ConfigError(f"`partition` must give one index array per worker ({len(names)} workers). "
+                          f"Received {len(partition)} index arrays.")
     for name, indices in zip(names, partition):
         indices = np.asarray(indices)
         if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) or indices.size == 0:
-            problems.append(f"`partition` for {name!r} must be a non-empty 1-D array of integer row indices. Received shape {indices.shape}, dtype {indices.dtype}")
+            problems.append(f"`partition` for {name!r} must be a non-empty 1-D array of integer row indices. "
+                            f"Received shape {indices.shape}, dtype {indices.dtype}")
             continue
         if indices.min() < 0 or indices.max() >= rows:
             problems.append(f"`partition` for {name!r} has indices outside [0, {rows}): min {indices.min()}, max {indices.max()}")
@@ -154,7 +156,8 @@ def _materialize(name: str, value: Any, config: Config, player: Player) -> tuple
     if isinstance(value, tf.data.Dataset):
         spec = value.element_spec
         if not (isinstance(spec, tuple) and len(spec) == 2):
-            raise ConfigError(f"The dataset of {name!r} must yield (x, y) batches, like a dataset given to Keras fit. Received element_spec={spec}")
+            raise ConfigError(f"The dataset of {name!r} must yield (x, y) batches, like a dataset given to Keras fit. "
+                              f"Received element_spec={spec}")
         with tf.device(player.device):
             batches = list(value)
             if not batches:
@@ -163,7 +166,8 @@ def _materialize(name: str, value: Any, config: Config, player: Player) -> tuple
             y = tf.concat([b[1] for b in batches], 0)
         return x, y
     if not (isinstance(value, (tuple, list)) and len(value) == 2):
-        raise ConfigError(f"The data of {name!r} must be (x, y) (arrays, tensors or pointers) or a tf.data.Dataset. Received: {type(value).__name__}")
+        raise ConfigError(f"The data of {name!r} must be (x, y) (arrays, tensors or pointers) or a tf.data.Dataset. "
+                          f"Received: {type(value).__name__}")
     worker, out = None, []
     for part, what in zip(value, ("x", "y")):
         if isinstance(part, Pointer):
@@ -185,7 +189,8 @@ def resolve_client_data(client_data: Any, config: Config, *, reserved: Sequence[
     ``reserved`` players (the protocol's servers and the aggregator) cannot be clients.
     """
     if not isinstance(client_data, Mapping) or not client_data:
-        raise ConfigError(_invalid("client_data", "a non-empty mapping from worker names to (x, y) or datasets", type(client_data).__name__))
+        raise ConfigError(_invalid("client_data", "a non-empty mapping from worker names to (x, y) or datasets",
+                                   type(client_data).__name__))
     problems, clients = [], []
     known = config.player_names
     for name, value in client_data.items():
@@ -203,7 +208,8 @@ def resolve_client_data(client_data: Any, config: Config, *, reserved: Sequence[
             continue
         x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
         if x.shape.rank is None or x.shape.rank == 0 or y.shape.rank is None or y.shape.rank == 0:
-            problems.append(f"The data of {name!r} must have a leading examples dimension. Received x.shape={x.shape}, y.shape={y.shape}")
+            problems.append(f"The data of {name!r} must have a leading examples dimension. "
+                            f"Received x.shape={x.shape}, y.shape={y.shape}")
             continue
         if x.shape[0] != y.shape[0]:
             problems.append(f"The data of {name!r} has {x.shape[0]} inputs but {y.shape[0]} labels.")
@@ -217,7 +223,7 @@ def resolve_client_data(client_data: Any, config: Config, *, reserved: Sequence[
         raise ConfigError("Invalid `client_data`:\n" + "\n".join(problems))
     first = clients[0]
     for c in clients[1:]:
-        if c.x.shape[1:] != first.x.shape[1:] or c.y.shape[1:] != first.y.shape[1:] or c.x.dtype != first.x.dtype or c.y.dtype != first.y.dtype:
+        if (c.x.shape[1:], c.y.shape[1:], c.x.dtype, c.y.dtype) != (first.x.shape[1:], first.y.shape[1:], first.x.dtype, first.y.dtype):
             problems.append(
                 f"Client {c.name!r} has examples of shape x{c.x.shape[1:]} {c.x.dtype.name}, y{c.y.shape[1:]} {c.y.dtype.name}; "
                 f"{first.name!r} has x{first.x.shape[1:]} {first.x.dtype.name}, y{first.y.shape[1:]} {first.y.dtype.name}."

@@ -34,6 +34,7 @@ guarantee (as tensorflow-privacy and Opacus report theirs).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import numbers
@@ -147,17 +148,25 @@ def _combined_noise_multiplier(event: dp_accounting.DpEvent) -> float:
 
 
 class ClientDPMechanism:
-    """The DP side of one fit: the query and its state on the aggregator, and the accountant."""
+    """The DP side of a FedAvg: the query and its state on the aggregator, and the accountant.
+
+    One mechanism serves every ``fit`` with the same clients and sampling; a fit with others gets a new
+    query but keeps composing into the same accountant (``previous``), so epsilon covers every round run.
+    """
 
     def __init__(self, dp: ClientDP, *, num_clients: int, expected_clients: float, aggregator: Player,
-                 template: list[tf.TensorSpec]):
+                 template: list[tf.TensorSpec], previous: "ClientDPMechanism | None" = None):
         dp.check(expected_clients)
         self.dp = dp
         self.num_clients = num_clients
         self.expected_clients = float(expected_clients)
         self.sampling_probability = min(1.0, self.expected_clients / num_clients)
         self.aggregator = aggregator
-        self.rounds = 0
+        if previous is None:
+            self._accountant = dp_accounting.rdp.RdpAccountant() if dp.accountant == "rdp" else dp_accounting.pld.PLDAccountant()
+            self.samplings: collections.Counter = collections.Counter()  # rounds run per sampling probability
+        else:
+            self._accountant, self.samplings = previous._accountant, previous.samplings
         with tf.device(aggregator.device):
             noise = SecureNoise() if dp.secure_noise else ChaCha20Noise(dp.seed)
             stddev = dp.count_stddev(self.expected_clients)
@@ -176,7 +185,11 @@ class ClientDPMechanism:
             self.global_state = self.query.initial_global_state()
             self._template = self.query.initial_sample_state([tf.zeros(s.shape, s.dtype) for s in template])
         self.record_shapes = [t.shape for t in tf.nest.flatten(self._template)]
-        self._accountant = dp_accounting.rdp.RdpAccountant() if dp.accountant == "rdp" else dp_accounting.pld.PLDAccountant()
+
+    @property
+    def rounds(self) -> int:
+        """Rounds accounted so far (by this mechanism and the ones it continues)."""
+        return sum(self.samplings.values())
 
     @property
     def clip(self) -> float:
@@ -210,7 +223,7 @@ class ClientDPMechanism:
 
     def account(self, event: dp_accounting.DpEvent) -> None:
         self._accountant.compose(round_event(self.sampling_probability, _combined_noise_multiplier(event)))
-        self.rounds += 1
+        self.samplings[self.sampling_probability] += 1
 
     def skip_round(self) -> None:
         """A round that revealed nothing is still counted (an upper bound; its output is data-independent)."""
@@ -225,10 +238,16 @@ class ClientDPMechanism:
 
     def statement(self, *, secure: bool, aggregator: str) -> str:
         """The guarantee of the rounds run so far, in words."""
-        q, eps = self.sampling_probability, self.epsilon()
-        sampling = ("every client took part in every round" if q >= 1 else
-                    f"each of the {self.num_clients} clients took part in a round independently with probability "
-                    f"q = {q:.4g} (Poisson sampling, {self.expected_clients:g} expected clients per round)")
+        eps = self.epsilon()
+        if len(self.samplings) > 1:
+            q = min(self.samplings)
+            sampling = ("each client took part in a round independently with probability q (Poisson sampling): "
+                        + ", ".join(f"{n} rounds with q = {p:.4g}" for p, n in sorted(self.samplings.items())))
+        else:
+            q = self.sampling_probability
+            sampling = ("every client took part in every round" if q >= 1 else
+                        f"each of the {self.num_clients} clients took part in a round independently with probability "
+                        f"q = {q:.4g} (Poisson sampling, {self.expected_clients:g} expected clients per round)")
         clip = (f"clipped adaptively (initial clip {self.dp.l2_norm_clip:g}, now {self.clip:.4g}, target unclipped "
                 f"quantile {self.dp.adaptive_clipping.target_unclipped_quantile:g})" if self.adaptive else
                 f"clipped to L2 norm {self.dp.l2_norm_clip:g}")

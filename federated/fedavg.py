@@ -14,8 +14,10 @@ One round of ``FedAvg.fit``:
 5. Aggregation (:mod:`tfe_lite.federated.aggregation`): plain (the aggregator sees each vector) or secure
    (Pond; only the sum is revealed, to the aggregator). Clients that dropped out before sending are left out
    and the weights renormalized over the senders: the update is ``sum n_k u_k / sum n_k`` over the
-   senders. Secure aggregation rounds each entry to ``2**-frac_bits``: the averaged update is within
-   ``2**-(frac_bits + 1)`` of the plain one (K encodings of error ``2**-(frac_bits+1)``, divided by ``K``). With DP the aggregator adds the noise once (:mod:`tfe_lite.federated.dp`).
+   senders. Secure aggregation rounds each entry to ``2**-frac_bits``: ``S`` senders err by at most
+   ``S * 2**-(frac_bits + 1)`` in the sum, which is divided by their weights' total (``S`` when no one
+   dropped out), so the averaged update is within ``2**-(frac_bits + 1)`` of the plain one. With DP the
+   aggregator adds the noise once (:mod:`tfe_lite.federated.dp`).
 6. The server optimizer (a Keras optimizer, compiled into :attr:`FedAvg.model`) applies the pseudo-gradient
    ``-update`` to the global model: ``SGD(1.0)`` is FedAvg, ``Adam`` is FedAdam (Reddi et al. 2021).
 
@@ -89,7 +91,8 @@ class FedAvg:
             problems.append(_invalid("dp", "None or a tfe_lite.federated.ClientDP", dp))
         if not (isinstance(secure_aggregation, bool) or isinstance(secure_aggregation, Pond)):
             problems.append(_invalid("secure_aggregation", "a bool or a Pond protocol", secure_aggregation))
-        if not isinstance(proximal_mu, numbers.Real) or isinstance(proximal_mu, bool) or not proximal_mu >= 0 or not math.isfinite(proximal_mu):
+        if not (isinstance(proximal_mu, numbers.Real) and not isinstance(proximal_mu, bool) and math.isfinite(proximal_mu)
+                and proximal_mu >= 0):
             problems.append(_invalid("proximal_mu", "a non-negative float", proximal_mu))
         if not isinstance(parallel_clients, bool):
             problems.append(_invalid("parallel_clients", "a bool", parallel_clients))
@@ -119,7 +122,8 @@ class FedAvg:
         server_optimizer = keras.optimizers.SGD(learning_rate=1.0) if server_optimizer is None else server_optimizer
         self.model.compile(optimizer=server_optimizer, loss=loss, metrics=metrics)
         self._cache: dict = {}
-        #: Per round run: bytes per link ``(src, dst)``, and the names of the clients whose updates were summed.
+        #: Per round run: bytes per link ``(src, dst)`` (empty without ``count_traffic``), and the names of the
+        #: clients whose updates were summed.
         self.round_traffic: list[dict[tuple[str, str], int]] = []
         self.round_clients: list[list[str]] = []
         self.dp_mechanism: ClientDPMechanism | None = None
@@ -132,7 +136,7 @@ class FedAvg:
     def fit(self, client_data: Mapping[str, Any], rounds: int = 1, local_epochs: int = 1, batch_size: int = 32,
             clients_per_round: int | None = None, validation_data: Any = None, *, shuffle: bool = True,
             callbacks: list | None = None, verbose: Any = "auto", dropouts: Any = None,
-            min_clients: int | None = None) -> keras.callbacks.History:
+            min_clients: int | None = None, count_traffic: bool = True) -> keras.callbacks.History:
         """Run ``rounds`` rounds; returns Keras's ``History`` with per-round ``loss`` (the clients' mean
         training loss), ``clients`` (updates aggregated), ``val_*`` with ``validation_data``, and
         ``epsilon`` and ``clip`` with DP.
@@ -140,14 +144,16 @@ class FedAvg:
         ``dropouts`` simulates failures: ``{round: {client: "before_sending" | "after_sending"}}`` or a
         function ``(round, client) -> None | "before_sending" | "after_sending"``. ``min_clients`` is the
         fewest senders whose sum is used (default 2 with secure aggregation, else 1); a round with fewer
-        leaves the model unchanged.
+        leaves the model unchanged. ``count_traffic`` records the bytes of every link per round in
+        :attr:`round_traffic` (reading the protocol's counters costs a little time every round).
         """
         problems = [_invalid(n, "a positive integer", v) for n, v in
                     (("rounds", rounds), ("local_epochs", local_epochs), ("batch_size", batch_size)) if not _positive_int(v)]
         if verbose not in ("auto", 0, 1, 2):
             problems.append(_invalid("verbose", "'auto', 0, 1 or 2", verbose))
-        if not isinstance(shuffle, bool):
-            problems.append(_invalid("shuffle", "a bool", shuffle))
+        for name, value in (("shuffle", shuffle), ("count_traffic", count_traffic)):
+            if not isinstance(value, bool):
+                problems.append(_invalid(name, "a bool", value))
         if dropouts is not None and not (callable(dropouts) or isinstance(dropouts, Mapping)):
             problems.append(_invalid("dropouts", "None, a mapping {round: {client: when}} or a function", dropouts))
         if problems:
@@ -156,7 +162,8 @@ class FedAvg:
         clients = resolve_client_data(client_data, self.config, reserved=reserved)
         n = len(clients)
         if clients_per_round is not None and not (_positive_int(clients_per_round) and clients_per_round <= n):
-            raise ConfigError(_invalid("clients_per_round", f"None or an integer in [1, {n}] (the number of clients)", clients_per_round))
+            raise ConfigError(_invalid("clients_per_round", f"None or an integer in [1, {n}] (the number of clients)",
+                                       clients_per_round))
         if min_clients is None:
             min_clients = 2 if self.secure else 1
         if not _positive_int(min_clients):
@@ -165,9 +172,12 @@ class FedAvg:
         self._check_model(clients[0])
         runner = self._runner(clients, batch_size, shuffle)
         expected = float(clients_per_round or n)
-        if self.dp is not None:
+        previous = self.dp_mechanism
+        if self.dp is not None and (previous is None or (previous.num_clients, previous.expected_clients) != (n, expected)):
+            # The accountant carries over from earlier fits: epsilon covers every round this model trained.
             self.dp_mechanism = ClientDPMechanism(self.dp, num_clients=n, expected_clients=expected, aggregator=self.aggregator,
-                                                  template=[tf.TensorSpec([runner.training.size], tf.float32)])
+                                                  template=[tf.TensorSpec([runner.training.size], tf.float32)],
+                                                  previous=previous)
         key = ("aggregator", min_clients)  # kept across fits: secure submissions are traced once per client
         if key not in self._cache:
             self._cache[key] = (SecureAggregator(self.protocol, self.aggregator.name, min_clients=min_clients) if self.secure
@@ -188,7 +198,8 @@ class FedAvg:
             selected = [clients[i] for i in chosen]
             progbar.target = max(len(selected), 1)
             callback_list.on_epoch_begin(r)
-            logs = self._round(r, selected, runner, aggregator, randomness, local_epochs, dropouts, callback_list)
+            logs = self._round(r, selected, runner, aggregator, randomness, local_epochs, dropouts, callback_list,
+                               count_traffic)
             if validation is not None:
                 results = self.model.evaluate(*validation, verbose=0, return_dict=True)
                 logs.update({f"val_{k}": v for k, v in results.items()})
@@ -198,17 +209,17 @@ class FedAvg:
         callback_list.on_train_end()
         return self.model.history
 
-    def _round(self, r, selected, runner, aggregator, randomness, epochs, dropouts, callback_list) -> dict:
+    def _round(self, r, selected, runner, aggregator, randomness, epochs, dropouts, callback_list, count_traffic) -> dict:
         traffic = Traffic()
-        aggregator.traffic = traffic
+        aggregator.traffic = traffic if count_traffic else None
         aggregator.begin()
         plan = {c.name: self._dropout(dropouts, r, c.name) for c in selected}
         total_examples = sum(c.num_examples for c in selected)
         weights = {c.name: len(selected) * c.num_examples / total_examples for c in selected}
         limit = self.protocol.fixedpoint.bound / (2 * max(len(selected), 1)) if self.secure else math.inf
         mechanism = self.dp_mechanism
-        params = mechanism.sample_params() if mechanism is not None else None
-        self._check_range(aggregator, selected, weights, limit)
+        dp_round = (mechanism.sample_params(), mechanism.clip) if mechanism is not None else None
+        self._check_range(aggregator, selected, weights, limit, dp_round)
         global_weights = pack(self.model.trainable_variables)
         present = [c for c in selected if plan[c.name] != "before_sending"]
         seeds = dict(zip([c.name for c in present], randomness.shuffle_seeds(len(present))))
@@ -217,7 +228,7 @@ class FedAvg:
             survivors = self._train_wave(runner, wave, global_weights, seeds, epochs, traffic)
             for client in survivors:
                 update, loss = runner.result(client)
-                vector, bounds = self._client_vector(client, update, loss, weights[client.name], limit, params, traffic)
+                vector, bounds = self._client_vector(client, update, loss, weights[client.name], limit, dp_round, traffic)
                 aggregator.submit(client.player, vector, bounds)
             done += len(wave)
             callback_list.on_train_batch_end(done - 1)
@@ -240,7 +251,7 @@ class FedAvg:
         if mechanism is not None:
             logs["epsilon"] = mechanism.epsilon()
             logs["clip"] = mechanism.clip
-        self.round_traffic.append(dict(traffic.links))
+        self.round_traffic.append(dict(traffic.links) if count_traffic else {})
         self.round_clients.append([] if total is None else list(aggregator.senders))
         return logs
 
@@ -266,31 +277,33 @@ class FedAvg:
                     pass
             return survivors
 
-    def _client_vector(self, client, update, loss, weight, limit, params, traffic):
+    def _client_vector(self, client, update, loss, weight, limit, dp_round, traffic):
         """The vector ``client`` submits and the public bounds of its entries, built on its device from its
-        update (flat) and mean loss (tensors on that device). ``limit`` bounds an unweighted entry (secure only)."""
+        update (flat) and mean loss (tensors on that device). ``limit`` bounds an unweighted entry (secure
+        only); ``dp_round`` is the round's DPQuery params and clip, or None without DP."""
         size = update.shape.num_elements()
         with tf.device(client.player.device):
             weighted_loss = tf.reshape(loss * weight, [1])
             if self.dp_mechanism is None:
                 vector = tf.concat([update * weight, weighted_loss], 0)
                 return vector, [("update", size, weight * limit), ("loss", 1, weight * limit)]
-            local_params = tf.nest.map_structure(tf.identity, params)
-            traffic.add(self.aggregator.name, client.name, sum(t.dtype.size * t.shape.num_elements() for t in tf.nest.flatten(local_params)))
+            local_params = tf.nest.map_structure(tf.identity, dp_round[0])
+            nbytes = sum(t.dtype.size * t.shape.num_elements() for t in tf.nest.flatten(local_params))
+            traffic.add(self.aggregator.name, client.name, nbytes)
             record = self.dp_mechanism.preprocess(local_params, [update])
             vector = pack(record + [weighted_loss])
-        clip = self.dp_mechanism.clip * (1 + 1e-4)  # float rounding of the clipped norm
+        clip = dp_round[1] * (1 + 1e-4)  # float rounding of the clipped norm
         bounds = [("update", size, clip)]
         if self.dp_mechanism.adaptive:
             bounds.append(("unclipped", 1, 0.5))
         return vector, bounds + [("loss", 1, weight * limit)]
 
-    def _check_range(self, aggregator, selected, weights, limit) -> None:
+    def _check_range(self, aggregator, selected, weights, limit, dp_round) -> None:
         if not self.secure:
             return
         totals = {"update": sum(weights.values()) * limit, "loss": sum(weights.values()) * limit}
         if self.dp_mechanism is not None:
-            totals["update"] = len(selected) * self.dp_mechanism.clip * (1 + 1e-4)
+            totals["update"] = len(selected) * dp_round[1] * (1 + 1e-4)
             if self.dp_mechanism.adaptive:
                 totals["unclipped"] = len(selected) * 0.5
         aggregator.check_range(totals)

@@ -49,7 +49,8 @@ class Pointer:
         The object is deleted on its current worker; this pointer stops working.
         """
         if not isinstance(destination, VirtualWorker):
-            raise LocationError(f"Received an invalid value for `destination`, expected a VirtualWorker. Received: {destination!r}")
+            raise LocationError(
+                f"Received an invalid value for `destination`, expected a VirtualWorker. Received: {destination!r}")
         if destination is self.location:
             return self
         if destination.config is not self.location.config:

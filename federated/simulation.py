@@ -29,12 +29,14 @@ class SimulationConfig(Config):
 
     def __init__(self, clients: Sequence[str], *, replicas: int = 2, aggregators: Sequence[str] = ()):
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
-            raise ConfigError(f"Received an invalid value for `replicas`, expected a positive integer. Received: replicas={replicas!r}")
+            raise ConfigError(
+                f"Received an invalid value for `replicas`, expected a positive integer. Received: replicas={replicas!r}")
         own = [n for n in DEFAULT_PLAYERS] + [n for n in _validate_names(aggregators) if n not in DEFAULT_PLAYERS]
         shared = _validate_names(clients)
         clash = sorted(set(shared) & set(own))
         if clash or not shared:
-            raise ConfigError(f"Received an invalid value for `clients`, expected non-empty client names distinct from {own}. Received: clients={list(clients)!r}")
+            raise ConfigError(f"Received an invalid value for `clients`, expected non-empty client names distinct from "
+                              f"{own}. Received: clients={list(clients)!r}")
         devices = ensure_logical_cpus(1 + len(own) + replicas)
         tf.config.set_soft_device_placement(False)
         players = [Player(name, devices[1 + i]) for i, name in enumerate(own)]

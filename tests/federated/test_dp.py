@@ -74,6 +74,19 @@ def test_epsilon_equals_dp_accounting_composed_directly(config):
     assert f"{history.history['epsilon'][-1]:.4g}" in statement and "probability q = 0.5" in statement
 
 
+def test_epsilon_composes_across_fits(config):
+    z, delta = 1.5, 1e-3
+    fed = FedAvg(toy_model, config=config, loss=LOSS, dp=ClientDP(1.0, z, delta=delta), seed=0)
+    data = {n: toy_data(8, i) for i, n in enumerate(CLIENTS)}
+    fed.fit(data, rounds=2, batch_size=8, clients_per_round=2, verbose=0)
+    history = fed.fit(data, rounds=1, batch_size=8, verbose=0)  # every client: q = 1
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(dp_accounting.PoissonSampledDpEvent(0.5, dp_accounting.GaussianDpEvent(z)), 2)
+    accountant.compose(dp_accounting.GaussianDpEvent(z))
+    assert history.history["epsilon"] == [pytest.approx(accountant.get_epsilon(delta), rel=1e-6)]
+    assert fed.dp_mechanism.rounds == 3 and "2 rounds with q = 0.5" in fed.privacy_statement()
+
+
 def test_epsilon_with_every_client_and_pld(config):
     z, delta = 2.0, 1e-4
     fed = FedAvg(toy_model, config=config, loss=LOSS, dp=ClientDP(1.0, z, delta=delta, accountant="pld"), seed=0)
