@@ -93,10 +93,11 @@ class PrivateLayer(keras.layers.Layer):
             raise ShapeError(f"Layer {self.name!r} takes {len(names)} weights {list(names)}. Received: {len(weights)} weights")
         values = []
         for name, value in zip(names, weights):
-            value = np.asarray(value, np.float64)
+            if not isinstance(value, (tf.Tensor, tf.Variable)):
+                value = np.asarray(value, np.float64)
             expected = tuple(self._shares[name][0].shape)
-            if value.shape != expected:
-                raise ShapeError(f"Received an invalid shape for weight `{name}` of layer {self.name!r}, expected {expected}. Received: {value.shape}")
+            if tuple(value.shape) != expected:
+                raise ShapeError(f"Received an invalid shape for weight `{name}` of layer {self.name!r}, expected {expected}. Received: {tuple(value.shape)}")
             values.append(value)
         prot = self.protocol
         for name, value in zip(names, values):

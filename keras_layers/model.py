@@ -92,7 +92,10 @@ class PrivateModel(keras.Model):
             batch = tf.shape(flat[0])[:1]
             outs = [tf.zeros(tf.concat([batch, shape], 0), self.compute_dtype) for shape in self.private_output_shapes]
         else:
-            outs = self._padded_forward(flat)
+            # Every protocol op places itself; the forward must not inherit a caller's device (test_step runs
+            # under the client's), which would otherwise receive any op that forgot its placement.
+            with tf.device(None):
+                outs = self._padded_forward(flat)
         return list(outs) if self._nested_outputs else outs[0]
 
     def _padded_forward(self, flat):
@@ -199,7 +202,8 @@ class PrivateModel(keras.Model):
             raise ConfigError("Received an invalid value for `x`, expected the client's input data. Received: x=None")
         if _is_stream(x):
             return
-        flat = list(x) if self._nested_inputs and isinstance(x, (list, tuple)) else [x]
+        several = isinstance(x, (list, tuple)) and all(np.ndim(v) == len(self.private_input_shapes[0]) + 1 for v in x)
+        flat = list(x) if (self._nested_inputs or several) and isinstance(x, (list, tuple)) else [x]
         if len(flat) != len(self._input_keys):
             raise ShapeError(f"Received {len(flat)} inputs in `x`; the model takes {len(self._input_keys)}.")
         for i, (value, shape) in enumerate(zip(flat, self.private_input_shapes)):
@@ -235,13 +239,13 @@ def _check_array(value, name: str, shape: tuple, bound: float) -> None:
     bad = ~np.isfinite(array)
     if bad.any():
         index = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise EncodingError(f"Received an invalid value for `{name}`: {name}[{', '.join(map(str, index))}] = {array[index]!r} "
+        raise EncodingError(f"Received an invalid value for `{name}`: {name}[{', '.join(map(str, index))}] = {float(array[index])!r} "
                             f"({int(bad.sum())} NaN or infinite values in all); the inputs must be finite.")
     outside = np.abs(array) >= bound
     if outside.any():
         index = tuple(int(i) for i in np.argwhere(outside)[0])
         raise EncodingError(
-            f"Received an invalid value for `{name}`: {name}[{', '.join(map(str, index))}] = {array[index]!r} is outside the "
+            f"Received an invalid value for `{name}`: {name}[{', '.join(map(str, index))}] = {float(array[index])!r} is outside the "
             f"fixed-point range (-{bound:g}, {bound:g}) ({int(outside.sum())} values in all). Scale the inputs, or use a "
             "protocol with more int_bits."
         )

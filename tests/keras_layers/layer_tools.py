@@ -69,12 +69,15 @@ def float64_models():
 
     @contextlib.contextmanager
     def scope():
-        previous = keras.config.floatx()
+        # Keras caches its global dtype policy on first use: set and restore it with floatx.
+        previous, policy = keras.config.floatx(), keras.config.dtype_policy()
         keras.config.set_floatx("float64")
+        keras.config.set_dtype_policy("float64")
         try:
             yield
         finally:
             keras.config.set_floatx(previous)
+            keras.config.set_dtype_policy(policy)
 
     return scope()
 
