@@ -163,8 +163,9 @@ class SecureAggregator:
         self._close_count()
         self.senders, self._size = [], None
         for share0, share1 in self._sums.values():
-            share0.assign(tf.zeros_like(share0))
-            share1.assign(tf.zeros_like(share1))
+            for server, share in ((self.protocol.server0, share0), (self.protocol.server1, share1)):
+                with tf.device(server.device):
+                    share.assign(tf.zeros_like(share))
         if self.traffic is not None:
             self._count = contextlib.ExitStack()
             self._log = self._count.enter_context(self.protocol.count_communication())

@@ -181,3 +181,23 @@ def test_models_with_batch_statistics_are_refused(config):
 
     with pytest.raises(ConfigError, match="moving_mean"):
         _fedavg(config, model_fn).fit(_data(), verbose=0)
+
+
+def test_loss_and_metrics_come_from_a_compiled_model(config):
+    def model_fn():
+        model = toy_model()
+        model.compile(loss=LOSS, metrics=["accuracy"])
+        return model
+
+    fed = FedAvg(model_fn, config=config, client_optimizer=keras.optimizers.SGD(0.1), seed=0)
+    history = fed.fit(_data({"alice": 16, "bob": 16}), rounds=1, batch_size=8, validation_data=toy_data(20, 5), verbose=0)
+    assert {"val_loss", "val_accuracy"} <= set(history.history)
+    with pytest.raises(ConfigError, match="No loss"):
+        FedAvg(toy_model, config=config)
+
+
+def test_simulation_config_checks_its_arguments():
+    with pytest.raises(ConfigError, match="replicas"):
+        SimulationConfig(["a"], replicas=0)
+    with pytest.raises(ConfigError, match="distinct from"):
+        SimulationConfig(["server0", "a"])
