@@ -9,8 +9,8 @@ is the mean of its examples' losses. DP-SGD needs, for each record ``r`` with gr
   pfor builds as outer products, or TensorFlow gives as ``IndexedSlices``, are used through their factors
   and rows (:mod:`.factors`); the others are materialized. pfor's own rule for a convolution's kernel
   gradient is a ``while_loop`` of one ``Conv2DBackpropFilter`` per record; while tracing, the clipper swaps
-  in :func:`tfe_lite.ops.dp.per_record_conv2d_kernel_grad` (:mod:`.pfor_rules`, the one module that uses
-  TensorFlow internals). A layer pfor cannot vectorize is named in the error (:mod:`.failures`).
+  in the native per-record op (:mod:`.conv`; :mod:`.pfor_rules` is the one module that uses TensorFlow
+  internals). A layer pfor cannot vectorize is named in the error (:mod:`.failures`).
 * :class:`GhostClipper` (:mod:`.ghost`, "ghost clipping") computes record norms from each supported layer's
   input activations and output gradients, keeping per-record gradients only where they cost no more than
   the layer's own weight gradient. Supported: Dense (any input rank), Conv2D (channels_last, groups=1) and

@@ -30,8 +30,8 @@ import keras
 import tensorflow as tf
 
 from tfe_lite.errors import UnsupportedLayerError
-from tfe_lite.ops.dp import per_record_conv2d_kernel_grad
 from tfe_lite.privacy import clipping as _settings  # holds MATERIALIZE_BYTES (read when a step is traced)
+from tfe_lite.privacy.clipping.conv import conv2d_kernel_grads
 from tfe_lite.privacy.clipping.layers import ghost_blockers
 from tfe_lite.privacy.clipping.records import (
     LossFn,
@@ -92,11 +92,13 @@ _TAPS = {
 class _LayerRecords:
     """One tapped layer's per-record squared gradient norms ``sq [records]`` and, when they were formed
     anyway and fit in :data:`MATERIALIZE_BYTES`, its per-record gradients ``{id(weight): [records, *shape]}``
-    (then the clipped sum is their weighted sum, with no second backward pass)."""
+    (then the clipped sum is their weighted sum, with no second backward pass). ``method`` names how the
+    norms were formed (``benchmarks/dp_sgd.py --profile`` prints it)."""
 
-    def __init__(self, sq: tf.Tensor, grads: dict[int, tf.Tensor] | None = None) -> None:
+    def __init__(self, sq: tf.Tensor, grads: dict[int, tf.Tensor] | None = None, method: str = "") -> None:
         self.sq = sq
         self.grads = grads
+        self.method = method
 
 
 def _fits(layer: keras.layers.Layer, records: int | None, dtype: tf.DType) -> bool:
@@ -106,34 +108,48 @@ def _fits(layer: keras.layers.Layer, records: int | None, dtype: tf.DType) -> bo
     return (records or 1024) * size * dtype.size <= _settings.MATERIALIZE_BYTES
 
 
-def _with_bias(layer, kernel_grads: tf.Tensor | None, sq: tf.Tensor, g: tf.Tensor) -> _LayerRecords:
+def _with_bias(
+    layer, kernel_grads: tf.Tensor | None, sq: tf.Tensor, g: tf.Tensor, method: str
+) -> _LayerRecords:
     """Adds the bias (``g [records, rows, units]``) to a layer's norms and, if materialized, its gradients."""
     bias_grads = tf.reduce_sum(g, axis=1) if layer.bias is not None else None
     if bias_grads is not None:
         sq = sq + _sum_sq(bias_grads)
     if kernel_grads is None:
-        return _LayerRecords(sq)
+        return _LayerRecords(sq, method=method)
     grads = {id(layer.kernel): tf.reshape(kernel_grads, [-1, *layer.kernel.shape])}
     if bias_grads is not None:
         grads[id(layer.bias)] = bias_grads
-    return _LayerRecords(sq, grads)
+    return _LayerRecords(sq, grads, method=method + " (kept)")
+
+
+def _gram_is_cheaper(rows: int | None, d: int, u: int, keep: bool) -> bool:
+    """Whether a layer's norms should come from the Gram form ``<A A^T, G G^T>`` (``T^2 (d + u)`` per record
+    of ``T`` rows), its clipped sum then from the layer's weight-gradient op (``T d u``), rather than from
+    per-record gradients ``A_r^T G_r`` (``T d u``), kept for a clipped sum of ``d u`` per record when they
+    fit (``keep``) or else followed by the weight-gradient op too. The ``T d u`` terms cancel (Bu et al.
+    2023's choice per layer)."""
+    if rows is None:
+        return False
+    return rows * rows * (d + u) < d * u if keep else rows * (d + u) < d * u
 
 
 def _dense_records(layer: keras.layers.Layer, a: tf.Tensor, g: tf.Tensor) -> _LayerRecords:
     """Norms (and maybe gradients) of a Dense layer, ``a [R, T, d]``, ``g [R, T, u]``: ``T = 1`` gives
-    ``||a||^2 ||g||^2``; else the cheaper of the per-record gradient ``A^T G`` (``T d u`` per record, kept for
-    the clipped sum when it fits) and the Gram form ``<A A^T, G G^T>`` (``T^2 (d + u)``)."""
+    ``||a||^2 ||g||^2``; else the per-record gradient ``A^T G`` (``T d u`` per record, kept for the clipped
+    sum when it fits) or the Gram form ``<A A^T, G G^T>`` (``T^2 (d + u)``), whichever makes the step
+    cheaper (:func:`_gram_is_cheaper`)."""
     rows, d, u = a.shape[1], a.shape[-1], g.shape[-1]
     if rows == 1:
         sq = tf.reduce_sum(tf.square(a), axis=[1, 2]) * tf.reduce_sum(tf.square(g), axis=[1, 2])
-        return _with_bias(layer, None, sq, g)
-    if rows is not None and rows * (d + u) < d * u:
+        return _with_bias(layer, None, sq, g, "norm product")
+    keep = _fits(layer, a.shape[0], g.dtype)
+    if _gram_is_cheaper(rows, d, u, keep):
         gram_a = tf.einsum("rtd,rsd->rts", a, a)
         gram_g = tf.einsum("rtu,rsu->rts", g, g)
-        return _with_bias(layer, None, tf.reduce_sum(gram_a * gram_g, axis=[1, 2]), g)
+        return _with_bias(layer, None, tf.reduce_sum(gram_a * gram_g, axis=[1, 2]), g, "Gram")
     per_record = tf.einsum("rtd,rtu->rdu", a, g)
-    keep = _fits(layer, a.shape[0], g.dtype)
-    return _with_bias(layer, per_record if keep else None, _sum_sq(per_record), g)
+    return _with_bias(layer, per_record if keep else None, _sum_sq(per_record), g, "per-record")
 
 
 def _conv2d_records(
@@ -142,18 +158,20 @@ def _conv2d_records(
     """Norms (and maybe gradients) of a Conv2D layer (channels_last, groups=1), ``a`` and ``g`` per example.
 
     With ``T`` output pixels and ``d = kh kw in`` the kernel gradient of a record is ``P^T G`` with ``P`` its
-    im2col patches. The per-example kernel gradients (:func:`tfe_lite.ops.dp.per_record_conv2d_kernel_grad`,
+    im2col patches. The per-example kernel gradients (:func:`tfe_lite.privacy.clipping.conv.conv2d_kernel_grads`,
     ``T d u`` per example, no im2col tensor in memory) cost what the summed kernel gradient costs, so when
     they fit they are kept and the clipped sum is their weighted sum. The Gram form ``<P P^T, G G^T>``
-    (``T^2 (d + u)``) serves when it is cheaper.
+    (``T^2 (d + u)``) serves when it makes the step cheaper (:func:`_gram_is_cheaper`), and when the spatial
+    sizes are unknown.
     """
     kh, kw = layer.kernel_size
     (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
     height, width, out_h, out_w = a.shape[1], a.shape[2], g.shape[1], g.shape[2]
     g_rows = _to_records(g, microbatches, 1)
-    if None in (height, width, out_h, out_w) or out_h * out_w * (kh * kw * a.shape[-1] + g.shape[-1]) < (
-        kh * kw * a.shape[-1] * g.shape[-1]
-    ):
+    records = a.shape[0] if microbatches is None else microbatches
+    keep = _fits(layer, records, g.dtype)
+    d, u = kh * kw * a.shape[-1], g.shape[-1]
+    if None in (height, width, out_h, out_w) or _gram_is_cheaper(g_rows.shape[1], d, u, keep):
         patches = tf.image.extract_patches(
             a, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1], rates=[1, dh, dw, 1], padding=layer.padding.upper()
         )
@@ -161,19 +179,17 @@ def _conv2d_records(
         rows = p_rows.shape[1]
         if rows is not None and rows * (p_rows.shape[-1] + g.shape[-1]) < p_rows.shape[-1] * g.shape[-1]:
             gram = tf.einsum("rtd,rsd->rts", p_rows, p_rows) * tf.einsum("rtu,rsu->rts", g_rows, g_rows)
-            return _with_bias(layer, None, tf.reduce_sum(gram, axis=[1, 2]), g_rows)
+            return _with_bias(layer, None, tf.reduce_sum(gram, axis=[1, 2]), g_rows, "Gram of patches")
         per_record = tf.einsum("rtd,rtu->rdu", p_rows, g_rows)
-        return _with_bias(layer, None, _sum_sq(per_record), g_rows)
-    per_example = per_record_conv2d_kernel_grad(
+        return _with_bias(layer, None, _sum_sq(per_record), g_rows, "per-record from patches")
+    per_example = conv2d_kernel_grads(
         a, g, layer.kernel_size, strides=layer.strides, dilations=layer.dilation_rate, padding=layer.padding
     )
     if microbatches is not None:
         per_example = tf.reduce_sum(
             tf.reshape(per_example, [microbatches, -1, *per_example.shape[1:]]), axis=1
         )
-    records = a.shape[0] if microbatches is None else microbatches
-    keep = _fits(layer, records, g.dtype)
-    return _with_bias(layer, per_example if keep else None, _sum_sq(per_example), g_rows)
+    return _with_bias(layer, per_example if keep else None, _sum_sq(per_example), g_rows, "per-record")
 
 
 def _layer_records(layer: keras.layers.Layer, a: tf.Tensor, g: tf.Tensor, microbatches: int | None) -> _LayerRecords:
@@ -182,9 +198,9 @@ def _layer_records(layer: keras.layers.Layer, a: tf.Tensor, g: tf.Tensor, microb
         ids = _to_records(a, microbatches, 0)
         g = _to_records(g, microbatches, 1)
         if ids.shape[1] == 1:
-            return _LayerRecords(tf.reduce_sum(tf.square(g), axis=[1, 2]))
+            return _LayerRecords(tf.reduce_sum(tf.square(g), axis=[1, 2]), method="rows")
         same = tf.cast(tf.equal(ids[:, :, None], ids[:, None, :]), g.dtype)
-        return _LayerRecords(tf.reduce_sum(same * tf.einsum("rtu,rsu->rts", g, g), axis=[1, 2]))
+        return _LayerRecords(tf.reduce_sum(same * tf.einsum("rtu,rsu->rts", g, g), axis=[1, 2]), method="rows")
     if isinstance(layer, keras.layers.Conv2D):
         return _conv2d_records(layer, a, g, microbatches)
     return _dense_records(layer, _to_records(a, microbatches, 1), _to_records(g, microbatches, 1))
