@@ -23,7 +23,7 @@ ops: $(STAMP)
 	$(PY) -m tfe_lite.ops.build
 
 demo: install
-	$(PY) examples/smpc_basics.py
+	$(PY) examples/private_inference_mnist.py
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider tests
