@@ -290,3 +290,51 @@ def test_weights_are_share_variables_on_the_servers(prot):
     k0, k1 = (v.numpy() for v in private.weights if v.name.startswith("kernel"))
     np.testing.assert_array_equal(prot.decode(tf.constant(k0 + k1)).numpy(), encoded(prot, layer.kernel))
     assert not np.array_equal(k0, np.round(np.asarray(layer.kernel) * 2**16))
+
+
+@settings(max_examples=10)
+@given(batch=st.integers(1, 2), height=st.integers(2, 6), width=st.integers(2, 6), channels=st.integers(1, 3),
+       pool=st.integers(1, 3), stride=st.integers(1, 3), same=st.booleans(), seed=st.integers(0, 99))
+def test_max_pooling_shapes(prot, batch, height, width, channels, pool, stride, same, seed):
+    pool = min(pool, height, width)
+    x = np.random.default_rng(seed).integers(-3, 4, (batch, height, width, channels)) / 4.0  # many ties
+    padding = "same" if same else "valid"
+    layer = _built(keras_float64(L.MaxPooling2D, pool, strides=stride, padding=padding), x.shape)
+    out = run(prot, twin(prot, layer, x.shape), x)
+    np.testing.assert_array_equal(out, _keras(layer, x))  # quarters are exact encodings
+
+
+@settings(max_examples=10)
+@given(batch=st.integers(1, 2), side=st.integers(3, 6), channels=st.integers(1, 3), filters=st.integers(1, 3),
+       kernel=st.integers(1, 3), stride=st.integers(1, 2), same=st.booleans(), seed=st.integers(0, 99))
+def test_conv2d_shapes(prot, batch, side, channels, filters, kernel, stride, same, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-4, 4, (batch, side, side, channels))
+    padding = "same" if same else "valid"
+    layer = _built(keras_float64(L.Conv2D, filters, kernel, strides=stride, padding=padding), x.shape, rng)
+    w = np.asarray(layer.kernel)
+
+    def conv(a, b):
+        return tf.nn.conv2d(a, b, stride, padding.upper()).numpy()
+
+    assert_close(run(prot, twin(prot, layer, x.shape), x), _keras(layer, x), conv_tol(prot, conv, x, w) + ulp(prot) / 2)
+
+
+def test_forward_keeps_what_a_backward_rule_needs(prot):
+    """forward(save=True): the same outputs, the relu's 0/1 derivative mask (no second comparison) and a
+    Dense layer's input; save=False keeps nothing."""
+    rng = np.random.default_rng(16)
+    x = rng.normal(0, 1, (3, 4))
+    x[0, 0] = 0.0
+    dense = twin(prot, _built(keras_float64(L.Dense, 5, activation="relu"), x.shape, rng), x.shape)
+    shared = prot.share(x, "client")
+    y, kept = dense.forward(shared, save=True)
+    assert set(kept) == {"x", "mask"} and kept["x"] is shared
+    pre = kept["mask"].reveal(to="client").numpy()
+    out = y.reveal(to="client").numpy()
+    np.testing.assert_array_equal(pre, (out > 0) | (pre == 1))  # a 0/1 mask, 1 wherever the output is positive
+    assert set(np.unique(pre)) <= {0.0, 1.0}
+    assert dense.forward(shared, save=False)[1] is None
+    relu = twin(prot, _built(L.ReLU(max_value=1.0), x.shape), x.shape)
+    _, kept = relu.forward(shared, save=True)
+    assert kept["mask"].shape == (6, 4)  # the masks of x and of x - max_value, from one comparison batch
