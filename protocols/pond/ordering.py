@@ -137,8 +137,7 @@ def max_pool2d(prot, x: PrivateTensor, pool_size, strides, padding: str) -> Priv
 
     def windows(t):
         cols = ring.patches(t, (kh, kw), strides, "VALID")
-        return tf.reshape(cols, tf.concat([tf.shape(cols)[:3], [kh * kw, channels]], axis=0))
+        return tf.reshape(cols, [-1 if d is None else d for d in cols.shape[:3]] + [kh * kw, channels])
 
     cols = linear.local(prot, x, windows)
-    cols = PrivateTensor(prot, *(tf.ensure_shape(c, [x.shape[0], None, None, kh * kw, channels]) for c in cols.shares))
     return reduce_max(prot, cols, axis=3)

@@ -87,10 +87,7 @@ def test_every_cross_device_edge_is_a_permitted_message(config, traced):
     assert to_client == [("server0", "recv_reveal"), ("server1", "recv_reveal")]  # the output's two shares
 
 
-# Found by this test: protocols/pond/ordering.py max_pool2d wraps both shares in tf.ensure_shape outside any
-# device scope, so that op runs wherever the caller's default device is (the host in predict). Strict: it
-# fails, and so reminds, once the protocol places it.
-@pytest.mark.xfail(strict=True, reason="max_pool2d's tf.ensure_shape of both shares is unplaced (protocols/pond/ordering.py)")
+# This test found that max_pool2d wrapped both shares in an unplaced tf.ensure_shape (fixed in ordering.py).
 def test_every_op_runs_on_a_players_device(config, traced):
     private, graph = traced
     devices = {p.device for p in config.players}

@@ -113,3 +113,19 @@ def test_bad_arguments(prot):
         prot.max_pool2d(x, 2)
     with pytest.raises(tfe_lite.ShapeError, match="broadcast"):
         x < prot.share(np.ones(4), "bob")
+
+
+def test_every_op_of_the_nonlinear_functions_is_placed_on_a_player(prot, config):
+    """Found by the Keras placement audit: max_pool2d wrapped both shares in an unplaced op (it would run on
+    the driver's device, holding both shares of one value)."""
+    def compute(x):
+        h = prot.max_pool2d(prot.relu(prot.share(x, "alice")), 2, padding="SAME")
+        h = prot.reshape(h, [1, -1])
+        return prot.softmax(prot.sigmoid(h) + prot.argmax(h) + prot.reduce_max(h, axis=1, keepdims=True)).reveal(to="alice")
+
+    graph = tf.function(compute).get_concrete_function(tf.TensorSpec([1, 5, 5, 2], tf.float64)).graph
+    devices = {p.device for p in config.players}
+    unplaced = [(op.type, op.name, op.device) for op in graph.get_operations()
+                if op.type not in ("Placeholder", "NoOp", "ReadVariableOp") and op.device not in devices
+                and not op.name.startswith("Identity")]
+    assert not unplaced, unplaced
