@@ -16,7 +16,8 @@ from tfe_lite.privacy.sampling import poisson_batches
 
 __all__ = [
     "AdaptiveClipping", "AttackResult", "ChaCha20Noise", "DPConfig", "DPModel", "GeneratorNoise",
-    "PrivacyBudgetCallback", "PrivacyLedger", "SecureNoise", "compute_epsilon", "compute_noise_multiplier", "dp_sgd_event",
+    "PrivacyBudgetCallback", "PrivacyLedger", "SecureNoise", "compute_epsilon", "compute_noise_multiplier",
+    "dp_sgd_event",
     "lira_attack", "loss_threshold_attack", "loss_threshold_attack_on_model", "make_private",
     "poisson_batches", "privacy_statement",
 ]

@@ -171,7 +171,9 @@ class DPModel(keras.Model):
         if self._dp_config.secure_noise and kwargs.get("jit_compile") is True:
             raise ConfigError(
                 _invalid(
-                    "jit_compile", "False with secure_noise=True (its per-step os.urandom key cannot be XLA-compiled)", True
+                    "jit_compile",
+                    "False with secure_noise=True (its per-step os.urandom key cannot be XLA-compiled)",
+                    True,
                 )
             )
         loss = kwargs.get("loss", args[1] if len(args) > 1 else None)

@@ -59,18 +59,22 @@ def conv2d_kernel_grads(
         return per_record_conv2d_kernel_grad(
             inputs, out_backprop, kernel_size, strides=strides, dilations=dilations, padding=padding
         )
-    if padding.lower() == "same":
-        top, bottom = same_padding(height, kh, sh, 1)
-        left, right = same_padding(width, kw, sw, 1)
-        inputs = tf.pad(inputs, [[0, 0], [top, bottom], [left, right], [0, 0]])
-        height, width = height + top + bottom, width + left + right
+    top, bottom = same_padding(height, kh, sh, 1) if padding.lower() == "same" else (0, 0)
+    left, right = same_padding(width, kw, sw, 1) if padding.lower() == "same" else (0, 0)
     out_h, out_w = out_backprop.shape[1], out_backprop.shape[2]
     bh, bw = -(-kh // sh), -(-kw // sw)  # the kernel in blocks
-    rows, cols = (out_h - 1 + bh) * sh, (out_w - 1 + bw) * sw  # the input the block convolution reads
-    inputs = inputs[:, : min(height, rows), : min(width, cols)]
-    inputs = tf.pad(inputs, [[0, 0], [0, max(rows - height, 0)], [0, max(cols - width, 0)], [0, 0]])
-    blocks = tf.reshape(inputs, [-1, rows // sh, sh, cols // sw, sw, channels])
-    blocks = tf.reshape(tf.transpose(blocks, [0, 1, 3, 2, 4, 5]), [-1, rows // sh, cols // sw, sh * sw * channels])
+    rows, cols = (out_h - 1 + bh) * sh, (out_w - 1 + bw) * sw  # the (padded) input the block convolution reads
+    # One pad: the "SAME" padding, then zeros (or a crop) to exactly rows x cols.
+    inputs = inputs[:, : rows - top, : cols - left]
+    bottom, right = rows - top - min(height, rows - top), cols - left - min(width, cols - left)
+    inputs = tf.pad(inputs, [[0, 0], [top, bottom], [left, right], [0, 0]])
+    if sh == sw:
+        blocks = tf.nn.space_to_depth(inputs, sh)  # channels ordered (dy, dx, c), as below
+    else:
+        blocks = tf.reshape(inputs, [-1, rows // sh, sh, cols // sw, sw, channels])
+        blocks = tf.reshape(
+            tf.transpose(blocks, [0, 1, 3, 2, 4, 5]), [-1, rows // sh, cols // sw, sh * sw * channels]
+        )
     grads = per_record_conv2d_kernel_grad(blocks, out_backprop, [bh, bw], strides=1, padding="valid")
     units = out_backprop.shape[-1]
     grads = tf.reshape(grads, [-1, bh, bw, sh, sw, channels, units])

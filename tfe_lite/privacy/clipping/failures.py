@@ -74,6 +74,6 @@ def vectorization_failure(error: Exception, model: keras.Model) -> UnsupportedLa
     where = f" in layer(s) {layers}" if layers else ""
     return UnsupportedLayerError(
         f"Per-example gradients of model {model.name!r} failed when run: TensorFlow's vectorization (pfor) of "
-        f"node {node.group(1)!r}{where} does not compute ({_reason(message)}). This is a limit of tf.vectorized_map for "
-        "this layer: replace it, or implement it with other TensorFlow ops."
+        f"node {node.group(1)!r}{where} does not compute ({_reason(message)}). This is a limit of "
+        "tf.vectorized_map for this layer: replace it, or implement it with other TensorFlow ops."
     )

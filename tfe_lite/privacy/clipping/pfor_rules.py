@@ -6,8 +6,9 @@ gradients, and changing them needs TensorFlow's private modules (``tensorflow.py
 * **Converter rules** (:data:`_RULES`): our converters for ``Conv2DBackpropFilter`` (one native op instead of
   a ``while_loop`` of one small op per record), ``MaxPoolGrad`` (fed so that oneDNN's kernel runs),
   ``BatchMatMulV2``/``V3`` against a shared operand (one 2-D matmul, avoiding a oneDNN bug), and
-  ``DepthwiseConv2dNative`` and its input gradient with a shared kernel (which TensorFlow's rules refuse). They use the ``PForInput`` interface (``input``, ``stacked_input``,
-  ``unstacked_input``, ``get_attr``, ``op``) and ``pfor.wrap``, and are put in pfor's registry
+  ``DepthwiseConv2dNative`` and its input gradient with a shared kernel (which TensorFlow's rules refuse).
+  They use the ``PForInput`` interface (``input``, ``stacked_input``, ``unstacked_input``, ``get_attr``,
+  ``op``) and ``pfor.wrap``, and are put in pfor's registry
   ``pfor._pfor_converter_registry`` only while a clipper traces (:func:`_vectorization_rules`). Each rule
   hands the cases it does not handle to TensorFlow's own rule.
 * **The entry point** :func:`_vectorized_map` calls ``control_flow_ops._pfor_impl`` so that, under XLA, the
