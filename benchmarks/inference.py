@@ -118,7 +118,7 @@ def bench(batch: int, repeats: int, config, offline: bool) -> None:
     import tensorflow as tf
 
     from tfe_lite.keras_layers import secure
-    from tfe_lite.protocols import Pond, PrecomputedDealer
+    from tfe_lite.protocols import Pond
 
     keras.utils.set_random_seed(batch)
     model = lenet()

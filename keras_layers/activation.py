@@ -12,7 +12,7 @@ import keras
 
 from tfe_lite.errors import ConfigError
 
-from .base import PrivateLayer, register, saved
+from .base import PrivateLayer, integer, register, saved
 
 #: Activations with a private version (Keras names).
 ACTIVATIONS = ("linear", "relu", "sigmoid", "softmax", "tanh")
@@ -81,9 +81,9 @@ class PrivateActivation(PrivateLayer):
             return [f"activation={describe_activation(layer.activation)!r} has no private version (supported: {', '.join(ACTIVATIONS)})"]
         return []
 
-    @classmethod
-    def from_keras(cls, layer, protocol):
-        return cls(activation_name(layer.activation), protocol=protocol, name=layer.name)
+    @staticmethod
+    def keras_arguments(layer) -> dict:
+        return {"activation": activation_name(layer.activation)}
 
 
 @register
@@ -137,11 +137,11 @@ class PrivateReLU(PrivateLayer):
             problems.append(f"max_value={max_value!r} has no private version (only a positive cap)")
         return problems
 
-    @classmethod
-    def from_keras(cls, layer, protocol):
+    @staticmethod
+    def keras_arguments(layer) -> dict:
         max_value = getattr(layer, "max_value", None)
-        return cls(max_value=None if max_value is None else float(max_value),
-                   negative_slope=float(getattr(layer, "negative_slope", 0.0)), protocol=protocol, name=layer.name)
+        return {"max_value": None if max_value is None else float(max_value),
+                "negative_slope": float(getattr(layer, "negative_slope", 0.0))}
 
 
 @register
@@ -150,9 +150,7 @@ class PrivateSoftmax(PrivateLayer):
 
     def __init__(self, axis: int = -1, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(axis, int) or isinstance(axis, bool):
-            raise ConfigError(f"Received an invalid value for `axis`, expected an integer. Received: axis={axis!r}")
-        self.axis = axis
+        self.axis = integer(axis, "axis")
 
     def forward(self, inputs, *, save=False):
         y = inputs.protocol.softmax(inputs, axis=self.axis)
@@ -168,6 +166,6 @@ class PrivateSoftmax(PrivateLayer):
             return [f"axis={axis!r} has no private version (only one axis)"]
         return []
 
-    @classmethod
-    def from_keras(cls, layer, protocol):
-        return cls(axis=layer.axis, protocol=protocol, name=layer.name)
+    @staticmethod
+    def keras_arguments(layer) -> dict:
+        return {"axis": layer.axis}

@@ -106,6 +106,22 @@ class PrivateLayer(keras.layers.Layer):
             share0.assign(shared.share0)
             share1.assign(shared.share1)
 
+    # --------------------------------------------------------------------------- from the Keras twin
+    @classmethod
+    def unsupported(cls, layer) -> list[str]:
+        """The settings of Keras ``layer`` that have no private version, each a phrase for the error."""
+        return []
+
+    @classmethod
+    def from_keras(cls, layer, protocol: Pond) -> "PrivateLayer":
+        """The private version of Keras ``layer`` (unbuilt): its settings and its name."""
+        return cls(**cls.keras_arguments(layer), protocol=protocol, name=layer.name)
+
+    @staticmethod
+    def keras_arguments(layer) -> dict:
+        """This class's constructor arguments, read from its Keras twin ``layer``."""
+        return {}
+
     # ---------------------------------------------------------------------------------- computation
     def call(self, inputs):
         outputs, _ = self.forward(inputs, save=False)
@@ -122,6 +138,13 @@ class PrivateLayer(keras.layers.Layer):
             raise ProtocolError(f"Layer {self.name!r} expects a private (Pond) tensor. Received: {x!r}")
         if x.rank not in ranks:
             raise ShapeError(f"Layer {self.name!r} expects {what}. Received: input of shape {x.shape}")
+
+
+def integer(value, name: str) -> int:
+    """``value`` if it is an int (not a bool), else a ConfigError naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"Received an invalid value for `{name}`, expected an integer. Received: {name}={value!r}")
+    return value
 
 
 def saved(save: bool, **tensors) -> dict | None:

@@ -87,9 +87,9 @@ class PrivateConv2D(PrivateLayer):
             problems.append(f"groups={layer.groups!r} has no private version (only 1)")
         return problems
 
-    @classmethod
-    def from_keras(cls, layer, protocol):
-        return cls(layer.filters, tuple(layer.kernel_size), tuple(layer.strides), layer.padding,
-                   activation_name(layer.activation), layer.use_bias, protocol=protocol, name=layer.name)
+    @staticmethod
+    def keras_arguments(layer) -> dict:
+        return {"filters": layer.filters, "kernel_size": tuple(layer.kernel_size), "strides": tuple(layer.strides),
+                "padding": layer.padding, "activation": activation_name(layer.activation), "use_bias": layer.use_bias}
 
     keras_weights = staticmethod(affine_weights)

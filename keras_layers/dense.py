@@ -85,8 +85,8 @@ class PrivateDense(PrivateLayer):
     def unsupported(cls, layer) -> list[str]:
         return common_problems(layer)
 
-    @classmethod
-    def from_keras(cls, layer, protocol):
-        return cls(layer.units, activation_name(layer.activation), layer.use_bias, protocol=protocol, name=layer.name)
+    @staticmethod
+    def keras_arguments(layer) -> dict:
+        return {"units": layer.units, "activation": activation_name(layer.activation), "use_bias": layer.use_bias}
 
     keras_weights = staticmethod(affine_weights)

@@ -31,10 +31,6 @@ class PrivateDropout(PrivateLayer):
     def get_config(self):
         return {**super().get_config(), "rate": self.rate}
 
-    @classmethod
-    def unsupported(cls, layer) -> list[str]:
-        return []
-
-    @classmethod
-    def from_keras(cls, layer, protocol):
-        return cls(float(layer.rate), protocol=protocol, name=layer.name)
+    @staticmethod
+    def keras_arguments(layer) -> dict:
+        return {"rate": float(layer.rate)}

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from functools import reduce
 
-from tfe_lite.errors import ConfigError, ShapeError
+from tfe_lite.errors import ShapeError
 
-from .base import PrivateLayer, register, saved
+from .base import PrivateLayer, integer, register, saved
 
 
 class _Merge(PrivateLayer):
@@ -29,14 +29,6 @@ class _Merge(PrivateLayer):
 
     def merge(self, inputs):
         raise NotImplementedError
-
-    @classmethod
-    def unsupported(cls, layer) -> list[str]:
-        return []
-
-    @classmethod
-    def from_keras(cls, layer, protocol):
-        return cls(protocol=protocol, name=layer.name)
 
 
 @register
@@ -79,9 +71,7 @@ class PrivateConcatenate(_Merge):
 
     def __init__(self, axis: int = -1, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(axis, int) or isinstance(axis, bool):
-            raise ConfigError(f"Received an invalid value for `axis`, expected an integer. Received: axis={axis!r}")
-        self.axis = axis
+        self.axis = integer(axis, "axis")
 
     def merge(self, inputs):
         rank = inputs[0].rank
@@ -93,6 +83,6 @@ class PrivateConcatenate(_Merge):
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}
 
-    @classmethod
-    def from_keras(cls, layer, protocol):
-        return cls(axis=layer.axis, protocol=protocol, name=layer.name)
+    @staticmethod
+    def keras_arguments(layer) -> dict:
+        return {"axis": layer.axis}

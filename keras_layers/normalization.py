@@ -16,7 +16,7 @@ import numpy as np
 
 from tfe_lite.errors import ConfigError
 
-from .base import PrivateLayer, register, saved
+from .base import PrivateLayer, integer, register, saved
 
 
 def inference_affine(layer) -> tuple[np.ndarray, np.ndarray]:
@@ -50,9 +50,7 @@ class PrivateBatchNormalization(PrivateLayer):
 
     def __init__(self, axis: int = -1, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(axis, int) or isinstance(axis, bool):
-            raise ConfigError(f"Received an invalid value for `axis`, expected an integer. Received: axis={axis!r}")
-        self.axis = axis
+        self.axis = integer(axis, "axis")
 
     def build(self, input_shape):
         rank = len(input_shape)
@@ -71,13 +69,9 @@ class PrivateBatchNormalization(PrivateLayer):
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}
 
-    @classmethod
-    def unsupported(cls, layer) -> list[str]:
-        return []
-
-    @classmethod
-    def from_keras(cls, layer, protocol):
-        return cls(axis=int(layer.axis), protocol=protocol, name=layer.name)
+    @staticmethod
+    def keras_arguments(layer) -> dict:
+        return {"axis": int(layer.axis)}
 
     @staticmethod
     def keras_weights(layer) -> list[np.ndarray]:
@@ -111,6 +105,6 @@ class PrivateRescaling(PrivateLayer):
                 problems.append(f"{name}={getattr(layer, name)!r} has no private version (only a number)")
         return problems
 
-    @classmethod
-    def from_keras(cls, layer, protocol):
-        return cls(float(layer.scale), float(layer.offset), protocol=protocol, name=layer.name)
+    @staticmethod
+    def keras_arguments(layer) -> dict:
+        return {"scale": float(layer.scale), "offset": float(layer.offset)}

@@ -29,9 +29,9 @@ class _Pooling2D(PrivateLayer):
     def unsupported(cls, layer) -> list[str]:
         return channels_last_problems(layer)
 
-    @classmethod
-    def from_keras(cls, layer, protocol):
-        return cls(tuple(layer.pool_size), tuple(layer.strides), layer.padding, protocol=protocol, name=layer.name)
+    @staticmethod
+    def keras_arguments(layer) -> dict:
+        return {"pool_size": tuple(layer.pool_size), "strides": tuple(layer.strides), "padding": layer.padding}
 
 
 @register
@@ -70,9 +70,9 @@ class _GlobalPooling2D(PrivateLayer):
     def unsupported(cls, layer) -> list[str]:
         return channels_last_problems(layer)
 
-    @classmethod
-    def from_keras(cls, layer, protocol):
-        return cls(bool(layer.keepdims), protocol=protocol, name=layer.name)
+    @staticmethod
+    def keras_arguments(layer) -> dict:
+        return {"keepdims": bool(layer.keepdims)}
 
 
 @register

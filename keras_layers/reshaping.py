@@ -27,10 +27,6 @@ class PrivateFlatten(PrivateLayer):
     def unsupported(cls, layer) -> list[str]:
         return channels_last_problems(layer)
 
-    @classmethod
-    def from_keras(cls, layer, protocol):
-        return cls(protocol=protocol, name=layer.name)
-
 
 @register
 class PrivateReshape(PrivateLayer):
@@ -52,13 +48,9 @@ class PrivateReshape(PrivateLayer):
     def get_config(self):
         return {**super().get_config(), "target_shape": self.target_shape}
 
-    @classmethod
-    def unsupported(cls, layer) -> list[str]:
-        return []
-
-    @classmethod
-    def from_keras(cls, layer, protocol):
-        return cls(tuple(-1 if d is None else d for d in layer.target_shape), protocol=protocol, name=layer.name)
+    @staticmethod
+    def keras_arguments(layer) -> dict:
+        return {"target_shape": tuple(-1 if d is None else d for d in layer.target_shape)}
 
 
 def _padding(value) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -108,6 +100,6 @@ class PrivateZeroPadding2D(PrivateLayer):
     def unsupported(cls, layer) -> list[str]:
         return channels_last_problems(layer)
 
-    @classmethod
-    def from_keras(cls, layer, protocol):
-        return cls(tuple(tuple(p) for p in layer.padding), protocol=protocol, name=layer.name)
+    @staticmethod
+    def keras_arguments(layer) -> dict:
+        return {"padding": tuple(tuple(p) for p in layer.padding)}

@@ -8,7 +8,6 @@ batch shape, is tested in test_private_model.py)."""
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from layer_tools import CLIENT, OWNER, assert_close, float64_models, model_tol
 
 from tfe_lite import keras_layers as kl
