@@ -114,10 +114,22 @@ def test_labels_of_the_wrong_shape_or_range_are_refused_by_name(prot):
 
 
 # ---------------------------------------------------------------------------------------- optimizers
-def _private_steps(prot, optimizer, w0, gradients):
+def _private_steps(prot, optimizer, w0, gradients, traced=False):
     w = optimizers.PrivateVariable(prot, value=prot.share(w0, owner=OWNER), name="w")
+    if not traced:
+        for g in gradients:
+            optimizer.apply([prot.share(g, owner=CLIENT)], [w])
+        return _reveal(w.read())
+    optimizer.build([w])
+    step = tf.function(lambda g: optimizer.apply([prot.share(g, owner=CLIENT)], [w]), autograph=False)
     for g in gradients:
-        optimizer.apply([prot.share(g, owner=CLIENT)], [w])
+        step(tf.constant(g))
+    # The step runs on the servers, the producer and the host (the public step count and rate); the client
+    # only masks its gradient; the model owner and the others take no part.
+    devices = {op.device for op in step.get_concrete_function(tf.constant(gradients[0])).graph.get_operations()}
+    players = {p.name: tf.DeviceSpec.from_string(p.device).to_string() for p in prot.config.players}
+    allowed = {players[n] for n in ("server0", "server1", "crypto-producer")}
+    assert {d for d in devices if d} - allowed == {tf.DeviceSpec.from_string(players[CLIENT]).to_string()}
     return _reveal(w.read())
 
 
@@ -144,12 +156,13 @@ def test_sgd_steps_equal_keras_sgd(prot, momentum, nesterov):
     assert np.abs(theirs - w0).max() > 100 * bound  # the steps moved the weights well beyond the tolerance
 
 
-def test_sgd_follows_a_keras_learning_rate_schedule(prot):
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
+def test_sgd_follows_a_keras_learning_rate_schedule(prot, traced):
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.5)
     rng = np.random.default_rng(8)
     w0, gradients = rng.normal(size=(5,)), [rng.uniform(-1, 1, 5) for _ in range(3)]
     private = optimizers.from_keras(keras.optimizers.SGD(schedule), prot)
-    ours = _private_steps(prot, private, w0, gradients)
+    ours = _private_steps(prot, private, w0, gradients, traced=traced)
     theirs = _keras_steps(keras.optimizers.SGD(schedule), w0, gradients)
     assert int(private.iterations.numpy()) == 3
     assert np.abs(ours - theirs).max() <= U / 2 + 3 * (0.1 * U + 3 * U + 0.1 * U / 2)
@@ -157,14 +170,15 @@ def test_sgd_follows_a_keras_learning_rate_schedule(prot):
     assert np.abs(_keras_steps(keras.optimizers.SGD(0.1), w0, gradients) - theirs).max() > 0.01
 
 
-def test_adam_steps_equal_keras_adam(prot):
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
+def test_adam_steps_equal_keras_adam(prot, traced):
     rng = np.random.default_rng(9)
     w0 = rng.normal(size=(4, 3))
     # |g| in [0.5, 1]: v_hat >= 0.25 keeps delta's share of the deviation below 2**-11
     gradients = [rng.choice([-1, 1], (4, 3)) * rng.uniform(0.5, 1, (4, 3)) for _ in range(2)]
     lr, b1, b2 = 0.01, 0.9, 0.999
     private = optimizers.from_keras(keras.optimizers.Adam(lr), prot)
-    ours = _private_steps(prot, private, w0, gradients)
+    ours = _private_steps(prot, private, w0, gradients, traced=traced)
     theirs = _keras_steps(keras.optimizers.Adam(lr), w0, gradients)
     m = v = 0.0
     bound = U / 2
