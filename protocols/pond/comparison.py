@@ -41,7 +41,6 @@ import tensorflow as tf
 from .dealer import TripleSpec
 from .tensors import PrivateTensor
 
-_LOW63 = np.int64(2**63 - 1)
 _BIT = np.int64(1)
 
 

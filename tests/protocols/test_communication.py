@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfe_lite
-
 SEED = 32  # bytes of a 256-bit seed
 WORD = 8   # bytes of a ring element
 
