@@ -1,16 +1,17 @@
-"""Each record's Conv2D kernel gradient, for both clippers: the native op, on space-to-depth blocks for a
-strided convolution over few channels.
+"""Each record's Conv2D kernel gradient, for both clippers: the native op, or on the pure-TensorFlow twin
+space-to-depth blocks for a strided convolution over few channels.
 
-:func:`tfe_lite.ops.dp.per_record_conv2d_kernel_grad` accumulates over the kernel's ``kw * in`` inputs per
-row; with one or two input channels (an image's first layer) it runs at a third to a fifth of its speed on
-more channels (measured on this project's 2-core machine: 3.5 to 5 GMAC/s with 1 channel, 14 to 16 with 3
-to 4). A convolution with strides ``(sh, sw)`` is the same sums as a stride-1 convolution of the
-``sh x sw`` space-to-depth blocks of its (padded) input, with a kernel of ``ceil(kh / sh) x ceil(kw / sw)``
-blocks on ``sh sw in`` channels; the block kernel's gradient, rearranged, is the kernel's (the positions a
-kernel not divisible by the stride adds are computed and dropped). Opacus's MNIST network's
-first layer (8x8, stride 2, one channel) takes 5 ms instead of 13 to 21 ms at batch 256 that way. On more
-channels the native op is fast already, and the rewrite loses, so it is used only below
-:data:`SPACE_TO_DEPTH_MAX_CHANNELS`.
+The native op (:func:`tfe_lite.ops.dp.per_record_conv2d_kernel_grad`) reads the windows straight from the
+image in register blocks and runs at the speed of the summed kernel gradient whatever the channel count
+(Opacus's MNIST network's 8x8 stride-2 first layer over one channel: 0.64 ms at batch 256 on this
+project's 2-core machine, the summed gradient 0.70 ms), so it is used as it is. Its pure-TensorFlow twin
+(without the native library, or with ``TFE_LITE_NATIVE_OPS=0``) runs one batched matmul per kernel offset,
+64 of them for an 8x8 kernel over one channel. A convolution with strides ``(sh, sw)`` is the same sums as
+a stride-1 convolution of the ``sh x sw`` space-to-depth blocks of its (padded) input, with a kernel of
+``ceil(kh / sh) x ceil(kw / sw)`` blocks on ``sh sw in`` channels (16 offsets for that layer); the block
+kernel's gradient, rearranged, is the kernel's (the positions a kernel not divisible by the stride adds
+are computed and dropped). The twin takes that route below :data:`SPACE_TO_DEPTH_MAX_CHANNELS` input
+channels.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from tfe_lite.ops import library
 from tfe_lite.ops.dp import per_record_conv2d_kernel_grad, same_padding
 
-#: Input channels up to which a strided convolution's per-record kernel gradient uses space-to-depth blocks.
+#: Input channels up to which a strided convolution's per-record kernel gradient uses space-to-depth blocks
+#: (when the pure-TensorFlow twin serves).
 SPACE_TO_DEPTH_MAX_CHANNELS = 2
 
 
@@ -30,10 +33,12 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
 
 
 def uses_space_to_depth(inputs_shape: tf.TensorShape, out_shape: tf.TensorShape, strides, dilations, padding) -> bool:
-    """Whether :func:`conv2d_kernel_grads` computes through space-to-depth blocks for these shapes."""
+    """Whether :func:`conv2d_kernel_grads` computes through space-to-depth blocks for these shapes (only on
+    the pure-TensorFlow twin: see the module docstring)."""
     channels = inputs_shape[-1]
     return (
-        _pair(strides) != (1, 1)
+        library() is None
+        and _pair(strides) != (1, 1)
         and _pair(dilations) == (1, 1)
         and channels is not None
         and channels <= SPACE_TO_DEPTH_MAX_CHANNELS
@@ -52,7 +57,8 @@ def conv2d_kernel_grads(
     padding: str = "valid",
 ) -> tf.Tensor:
     """``[records, kh, kw, in, out]``: :func:`tfe_lite.ops.dp.per_record_conv2d_kernel_grad`'s values (same
-    arguments), through space-to-depth blocks where that is faster (see the module docstring)."""
+    arguments), on the pure-TensorFlow twin through space-to-depth blocks where that is faster (see the
+    module docstring)."""
     (kh, kw), (sh, sw) = _pair(kernel_size), _pair(strides)
     channels, height, width = inputs.shape[-1], inputs.shape[1], inputs.shape[2]
     if not uses_space_to_depth(inputs.shape, out_backprop.shape, strides, dilations, padding):
