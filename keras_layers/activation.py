@@ -43,6 +43,9 @@ def apply_activation(name: str, x, *, save: bool = False):
             return y, {"mask": mask}
         return prot.relu(x), None
     if name == "softmax":
+        if save:  # the max and the sum of exponentials too: a cross-entropy loss needs only log(sum)
+            y, m, total = prot.softmax_parts(x, axis=-1)
+            return y, {"y": y, "z": x, "max": m, "total": total}
         y = prot.softmax(x, axis=-1)
     elif name == "sigmoid":
         y = prot.sigmoid(x)
@@ -50,7 +53,27 @@ def apply_activation(name: str, x, *, save: bool = False):
         y = prot.tanh(x)
     else:
         raise ConfigError(f"Received an invalid value for `activation`, expected one of {list(ACTIVATIONS)}. Received: activation={name!r}")
-    return y, saved(save, y=y)
+    return y, saved(save, y=y, z=x)
+
+
+def activation_backward(name: str, grad, kept):
+    """``d loss / d x`` of ``activation(x)`` from ``grad = d loss / d activation(x)`` and what
+    :func:`apply_activation` kept: relu through its 0/1 mask (no second comparison), sigmoid ``g y (1 - y)``,
+    tanh ``g (1 - y**2)``, softmax ``y (g - sum(g y))`` over the last axis."""
+    if name == "linear":
+        return grad
+    prot = grad.protocol
+    if name == "relu":
+        return prot.mul(grad, kept["mask"])
+    y = kept["y"]
+    if name == "sigmoid":
+        return prot.mul(prot.mul(grad, y), prot.sub(1.0, y))
+    if name == "tanh":
+        return prot.mul(grad, prot.sub(1.0, prot.square(y)))
+    if name == "softmax":
+        inner = prot.reduce_sum(prot.mul(grad, y), axis=-1, keepdims=True)
+        return prot.mul(y, prot.sub(grad, inner))
+    raise ConfigError(f"Received an invalid value for `activation`, expected one of {list(ACTIVATIONS)}. Received: activation={name!r}")
 
 
 def check_activation(name) -> str:
@@ -71,6 +94,9 @@ class PrivateActivation(PrivateLayer):
 
     def forward(self, inputs, *, save=False):
         return apply_activation(self.activation, inputs, save=save)
+
+    def backward(self, grad, kept, *, preactivation=False):
+        return (grad if preactivation else activation_backward(self.activation, grad, kept)), {}
 
     def get_config(self):
         return {**super().get_config(), "activation": self.activation}
@@ -115,10 +141,20 @@ class PrivateReLU(PrivateLayer):
             both, mask = both if save else (both, None)
             r = both[:n]
             y = r - both[n:]
-            keep = saved(save, mask=mask)
+            keep = saved(save, mask=mask[:n] - mask[n:], below=mask[:n]) if save else None
         if self.negative_slope:
             y = y + (inputs - r) * self.negative_slope  # x - relu(x) is min(x, 0)
+            if save and self.max_value is None:
+                keep["below"] = keep["mask"]
         return y, keep
+
+    def backward(self, grad, kept, *, preactivation=False):
+        """``g [0 <= x < max_value] + negative_slope g [x < 0]``, from the forward's masks."""
+        prot = grad.protocol
+        dx = prot.mul(grad, kept["mask"])
+        if self.negative_slope:  # x < 0 where the [x >= 0] mask is 0
+            dx = dx + prot.mul(grad, prot.sub(1.0, kept["below"])) * self.negative_slope
+        return dx, {}
 
     def get_config(self):
         return {**super().get_config(), "max_value": self.max_value, "negative_slope": self.negative_slope}
@@ -153,8 +189,17 @@ class PrivateSoftmax(PrivateLayer):
         self.axis = integer(axis, "axis")
 
     def forward(self, inputs, *, save=False):
+        if save and self.axis in (-1, inputs.rank - 1):
+            return apply_activation("softmax", inputs, save=True)
         y = inputs.protocol.softmax(inputs, axis=self.axis)
         return y, saved(save, y=y)
+
+    def backward(self, grad, kept, *, preactivation=False):
+        if preactivation:
+            return grad, {}
+        prot = grad.protocol
+        inner = prot.reduce_sum(prot.mul(grad, kept["y"]), axis=self.axis, keepdims=True)
+        return prot.mul(kept["y"], prot.sub(grad, inner)), {}
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}

@@ -132,6 +132,16 @@ class PrivateLayer(keras.layers.Layer):
         backward rule needs (a dict of Pond tensors); without, None."""
         raise NotImplementedError
 
+    #: Why this layer cannot train on shares (None: it has a backward rule).
+    training_problem: str | None = None
+
+    def backward(self, grad, kept, *, preactivation=False, input_gradient=True):
+        """The backward rule: ``(d loss / d inputs, {weight name: d loss / d weight})`` from ``grad = d loss /
+        d outputs`` and what :meth:`forward` kept with ``save=True`` (a list of input gradients for a layer of
+        several inputs). ``preactivation``: ``grad`` is already taken before the layer's final activation (a
+        cross-entropy loss fused with its softmax or sigmoid)."""
+        raise NotImplementedError(f"Layer {self.name!r} ({type(self).__name__}) has no backward rule.")
+
     def _check_rank(self, x, rank: int | tuple[int, ...], what: str) -> None:
         ranks = (rank,) if isinstance(rank, int) else rank
         if not isinstance(x, PrivateTensor):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tfe_lite.errors import ConfigError
 
-from .activation import activation_name, apply_activation, check_activation
+from .activation import activation_backward, activation_name, apply_activation, check_activation
 from .base import PrivateLayer, register
 from .dense import affine_weights, common_problems
 
@@ -73,6 +73,20 @@ class PrivateConv2D(PrivateLayer):
             z = z + self.private_weight("bias")
         y, kept = apply_activation(self.activation, z, save=save)
         return y, ({"x": inputs, **(kept or {})} if save else None)
+
+    def backward(self, grad, kept, *, preactivation=False, input_gradient=True):
+        """``(d loss / d x, {"kernel", "bias"})`` for ``g = d loss / d z``: the kernel gradient from the input's
+        columns (``prot.conv2d_filter_gradient``), the input gradient by ``prot.conv2d_input_gradient``."""
+        prot = grad.protocol
+        g = grad if preactivation else activation_backward(self.activation, grad, kept)
+        x = kept["x"]
+        kernel = self.private_weight("kernel")
+        padding = self.padding.upper()
+        grads = {"kernel": prot.conv2d_filter_gradient(x, g, kernel.shape, self.strides, padding)}
+        if self.use_bias:
+            grads["bias"] = g.reduce_sum(axis=[0, 1, 2])
+        dx = prot.conv2d_input_gradient(g, kernel, x.shape, self.strides, padding) if input_gradient else None
+        return dx, grads
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size, "strides": self.strides,

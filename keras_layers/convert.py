@@ -121,12 +121,15 @@ def secure(model: keras.Model, *, protocol: Pond, model_owner: str = "model-owne
         raise error
     nodes = _optimize(graph) if optimize else graph.nodes
     steps = _make_steps(nodes, protocol, model_owner)
-    return PrivateModel(
+    private = PrivateModel(
         protocol=protocol, client=client, model_owner=model_owner, steps=steps, inputs=graph.inputs,
         outputs=graph.outputs, input_shapes=graph.input_shapes, output_shapes=graph.output_shapes,
         nested_inputs=graph.nested_inputs, nested_outputs=graph.nested_outputs, name=f"private_{graph.name}",
         dtype=model.dtype_policy,
     )
+    # The architecture, for reveal_model (fresh weights, not the model owner's): kept out of Keras's tracking.
+    object.__setattr__(private, "_keras_twin", keras.models.clone_model(model))
+    return private
 
 
 def _check_roles(protocol, model_owner, client) -> None:
@@ -331,4 +334,6 @@ def private_layer(layer, input_shape, *, protocol: Pond, model_owner: str, fold_
         weights = fold(weights, fold_with)
     if weights:
         private.share_weights([np.asarray(w, np.float64) for w in weights], owner=model_owner)
+    private.folded = fold_with is not None
+    private.private_trainable = bool(getattr(layer, "trainable", True))
     return private

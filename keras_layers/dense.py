@@ -10,7 +10,8 @@ import numpy as np
 
 from tfe_lite.errors import ConfigError
 
-from .activation import ACTIVATIONS, activation_name, apply_activation, check_activation, describe_activation
+from .activation import (ACTIVATIONS, activation_backward, activation_name, apply_activation, check_activation,
+                         describe_activation)
 from .base import PrivateLayer, register
 
 
@@ -74,6 +75,22 @@ class PrivateDense(PrivateLayer):
             z = z.reshape(list(inputs.shape[:-1]) + [self.units])
         y, kept = apply_activation(self.activation, z, save=save)
         return y, ({"x": inputs, **(kept or {})} if save else None)
+
+    def backward(self, grad, kept, *, preactivation=False, input_gradient=True):
+        """``(d loss / d x, {"kernel": x^T g, "bias": sum(g)})`` for ``g = d loss / d z`` (two Beaver
+        matmuls; the input gradient ``g kernel^T`` is skipped for a first layer)."""
+        g = grad if preactivation else activation_backward(self.activation, grad, kept)
+        x = kept["x"]
+        x2, g2 = x, g
+        if x.rank > 2:
+            x2, g2 = x.reshape([-1, x.shape[-1]]), g.reshape([-1, self.units])
+        grads = {"kernel": x2.transpose() @ g2}
+        if self.use_bias:
+            grads["bias"] = g2.reduce_sum(axis=0)
+        dx = None
+        if input_gradient:
+            dx = (g2 @ self.private_weight("kernel").transpose()).reshape(list(x.shape))
+        return dx, grads
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)

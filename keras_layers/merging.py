@@ -30,6 +30,24 @@ class _Merge(PrivateLayer):
     def merge(self, inputs):
         raise NotImplementedError
 
+    def backward(self, grad, kept, *, preactivation=False, input_gradient=True):
+        return [unbroadcast(g, x.shape) for g, x in zip(self.input_gradients(grad, kept["inputs"]), kept["inputs"])], {}
+
+    def input_gradients(self, grad, inputs):
+        raise NotImplementedError
+
+
+def unbroadcast(grad, shape):
+    """``grad`` summed over the axes an input of ``shape`` was broadcast along (local)."""
+    shape = list(shape)
+    if list(grad.shape) == shape:
+        return grad
+    extra = grad.rank - len(shape)
+    if extra:
+        grad = grad.reduce_sum(axis=list(range(extra)))
+    axes = [i for i, d in enumerate(shape) if d == 1 and grad.shape[i] != 1]
+    return grad.reduce_sum(axis=axes, keepdims=True) if axes else grad
+
 
 @register
 class PrivateAdd(_Merge):
@@ -37,6 +55,9 @@ class PrivateAdd(_Merge):
 
     def merge(self, inputs):
         return reduce(lambda a, b: a + b, inputs)
+
+    def input_gradients(self, grad, inputs):
+        return [grad] * len(inputs)
 
 
 @register
@@ -48,6 +69,9 @@ class PrivateSubtract(_Merge):
     def merge(self, inputs):
         return inputs[0] - inputs[1]
 
+    def input_gradients(self, grad, inputs):
+        return [grad, -grad]
+
 
 @register
 class PrivateAverage(_Merge):
@@ -56,6 +80,9 @@ class PrivateAverage(_Merge):
     def merge(self, inputs):
         return reduce(lambda a, b: a + b, inputs) * (1.0 / len(inputs))
 
+    def input_gradients(self, grad, inputs):
+        return [grad * (1.0 / len(inputs))] * len(inputs)
+
 
 @register
 class PrivateMultiply(_Merge):
@@ -63,6 +90,14 @@ class PrivateMultiply(_Merge):
 
     def merge(self, inputs):
         return reduce(lambda a, b: a * b, inputs)
+
+    def input_gradients(self, grad, inputs):
+        """The product rule: ``g * prod(other inputs)`` for each input (Beaver products)."""
+        grads = []
+        for i in range(len(inputs)):
+            others = [x for j, x in enumerate(inputs) if j != i]
+            grads.append(reduce(lambda a, b: a * b, [grad, *others]))
+        return grads
 
 
 @register
@@ -79,6 +114,16 @@ class PrivateConcatenate(_Merge):
         if axis == 0:
             raise ShapeError(f"Layer {self.name!r} cannot concatenate along the batch axis (axis={self.axis}).")
         return inputs[0].protocol.concat(inputs, axis=axis)
+
+    def input_gradients(self, grad, inputs):
+        axis = self.axis % grad.rank
+        grads, start = [], 0
+        for x in inputs:
+            index = [slice(None)] * grad.rank
+            index[axis] = slice(start, start + x.shape[axis])
+            grads.append(grad[tuple(index)])
+            start += x.shape[axis]
+        return grads
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}

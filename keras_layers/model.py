@@ -28,10 +28,11 @@ import tensorflow as tf
 # there is no public way to tell that call apart, and running the protocol there would trace it for nothing.
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
-from tfe_lite.errors import ConfigError, EncodingError, ProtocolError, ShapeError
+from tfe_lite.errors import ConfigError, EncodingError, ShapeError
 from tfe_lite.protocols import Pond
 
 from .base import PrivateLayer
+from .fitting import PrivateTraining
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Step:
     output: int
 
 
-class PrivateModel(keras.Model):
+class PrivateModel(PrivateTraining, keras.Model):
     """A Keras model computing with secret shares (made by :func:`~tfe_lite.keras_layers.secure`).
 
     ``predict(x, batch_size=32)`` and ``evaluate(x, y)`` work as in Keras (``x`` the client's data); calling
@@ -77,6 +78,7 @@ class PrivateModel(keras.Model):
         # One trace per batch shape (never relaxed to an unknown batch size: shares need static shapes).
         self.forward_function = tf.function(self._private_forward, autograph=False)
         self._pad_to: int | None = None  # the batch size of the running predict/evaluate
+        object.__setattr__(self, "_keras_twin", None)  # set by secure(): the architecture reveal_model fills
         self.built = True
 
     @property
@@ -187,12 +189,6 @@ class PrivateModel(keras.Model):
 
         self.test_function = test_function
         return test_function
-
-    def make_train_function(self, force=False):
-        raise ProtocolError(
-            "PrivateModel does not train yet: backward passes on shares are not built. Train the Keras model, "
-            "then convert it with tfe_lite.keras_layers.secure()."
-        )
 
     # --------------------------------------------------------------------------------- input checks
     def _check_x(self, x) -> None:

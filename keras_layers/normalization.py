@@ -60,6 +60,9 @@ class PrivateBatchNormalization(PrivateLayer):
         self.add_private_weight("scale", (channels,))
         self.add_private_weight("offset", (channels,))
 
+    training_problem = ("BatchNormalization trains on batch statistics, which have no private version here; "
+                        "train without it, or freeze it into the preceding layer (secure() folds it) for inference")
+
     def forward(self, inputs, *, save=False):
         shape = [1] * inputs.rank
         shape[self.axis] = inputs.shape[self.axis]
@@ -93,6 +96,9 @@ class PrivateRescaling(PrivateLayer):
     def forward(self, inputs, *, save=False):
         y = inputs * self.scale
         return (y + self.offset if self.offset else y), saved(save)
+
+    def backward(self, grad, kept, *, preactivation=False, input_gradient=True):
+        return grad * self.scale, {}
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "offset": self.offset}

@@ -7,6 +7,8 @@ pooling is local window sums and a product with the public ``1 / count``.
 
 from __future__ import annotations
 
+import numpy as np
+
 from tfe_lite.errors import ConfigError
 
 from .base import PrivateLayer, register, saved
@@ -40,9 +42,15 @@ class PrivateMaxPooling2D(_Pooling2D):
 
     def forward(self, inputs, *, save=False):
         self._check_rank(inputs, 4, "inputs of shape [N, H, W, C]")
-        y = inputs.protocol.max_pool2d(inputs, self.pool_size, strides=self.strides, padding=self.padding.upper())
-        # The backward rule routes the gradient through the argmax of each window of x.
-        return y, saved(save, x=inputs)
+        prot = inputs.protocol
+        if save:  # the argmax one-hot of each window, from the same tournament: the backward needs no comparison
+            y, argmax = prot.max_pool2d_with_argmax(inputs, self.pool_size, strides=self.strides, padding=self.padding.upper())
+            return y, {"argmax": argmax, "input_shape": tuple(inputs.shape)}
+        return prot.max_pool2d(inputs, self.pool_size, strides=self.strides, padding=self.padding.upper()), None
+
+    def backward(self, grad, kept, *, preactivation=False, input_gradient=True):
+        return grad.protocol.max_pool2d_gradient(kept["argmax"], grad, kept["input_shape"], self.pool_size,
+                                                 strides=self.strides, padding=self.padding.upper()), {}
 
 
 @register
@@ -53,7 +61,11 @@ class PrivateAveragePooling2D(_Pooling2D):
     def forward(self, inputs, *, save=False):
         self._check_rank(inputs, 4, "inputs of shape [N, H, W, C]")
         y = inputs.protocol.avg_pool2d(inputs, self.pool_size, strides=self.strides, padding=self.padding.upper())
-        return y, saved(save)
+        return y, saved(save, input_shape=tuple(inputs.shape))
+
+    def backward(self, grad, kept, *, preactivation=False, input_gradient=True):
+        return grad.protocol.avg_pool2d_gradient(grad, kept["input_shape"], self.pool_size, strides=self.strides,
+                                                 padding=self.padding.upper()), {}
 
 
 class _GlobalPooling2D(PrivateLayer):
@@ -83,7 +95,11 @@ class PrivateGlobalAveragePooling2D(_GlobalPooling2D):
         self._check_rank(inputs, 4, "inputs of shape [N, H, W, C]")
         _, h, w, _ = inputs.shape
         y = inputs.reduce_sum(axis=[1, 2], keepdims=self.keepdims) * (1.0 / (h * w))
-        return y, saved(save)
+        return y, saved(save, input_shape=tuple(inputs.shape))
+
+    def backward(self, grad, kept, *, preactivation=False, input_gradient=True):
+        n, h, w, c = kept["input_shape"]
+        return grad.reshape([n, 1, 1, c]) * np.full((1, h, w, 1), 1.0 / (h * w)), {}
 
 
 @register
@@ -93,7 +109,15 @@ class PrivateGlobalMaxPooling2D(_GlobalPooling2D):
     def forward(self, inputs, *, save=False):
         self._check_rank(inputs, 4, "inputs of shape [N, H, W, C]")
         n, h, w, c = inputs.shape
-        y = inputs.protocol.reduce_max(inputs.reshape([n, h * w, c]), axis=1)
-        if self.keepdims:
-            y = y.reshape([n, 1, 1, c])
-        return y, saved(save, x=inputs)
+        prot = inputs.protocol
+        if save:  # one window over H x W: its argmax comes from the same tournament
+            y, argmax = prot.max_pool2d_with_argmax(inputs, (h, w), strides=(h, w), padding="VALID")
+            kept = {"argmax": argmax, "input_shape": tuple(inputs.shape)}
+        else:
+            y, kept = prot.reduce_max(inputs.reshape([n, h * w, c]), axis=1), None
+        return y.reshape([n, 1, 1, c] if self.keepdims else [n, c]), kept
+
+    def backward(self, grad, kept, *, preactivation=False, input_gradient=True):
+        n, h, w, c = kept["input_shape"]
+        return grad.protocol.max_pool2d_gradient(kept["argmax"], grad.reshape([n, 1, 1, c]), kept["input_shape"], (h, w),
+                                                 strides=(h, w), padding="VALID"), {}

@@ -21,7 +21,10 @@ class PrivateFlatten(PrivateLayer):
     def forward(self, inputs, *, save=False):
         self._check_rank(inputs, tuple(range(1, 9)), "inputs with a batch axis")
         size = int(np.prod(inputs.shape[1:]))
-        return inputs.reshape([inputs.shape[0], size]), saved(save)
+        return inputs.reshape([inputs.shape[0], size]), saved(save, input_shape=list(inputs.shape))
+
+    def backward(self, grad, kept, *, preactivation=False, input_gradient=True):
+        return grad.reshape(kept["input_shape"]), {}
 
     @classmethod
     def unsupported(cls, layer) -> list[str]:
@@ -43,7 +46,10 @@ class PrivateReshape(PrivateLayer):
         self.target_shape = target
 
     def forward(self, inputs, *, save=False):
-        return inputs.reshape([inputs.shape[0], *self.target_shape]), saved(save)
+        return inputs.reshape([inputs.shape[0], *self.target_shape]), saved(save, input_shape=list(inputs.shape))
+
+    def backward(self, grad, kept, *, preactivation=False, input_gradient=True):
+        return grad.reshape(kept["input_shape"]), {}
 
     def get_config(self):
         return {**super().get_config(), "target_shape": self.target_shape}
@@ -91,7 +97,12 @@ class PrivateZeroPadding2D(PrivateLayer):
             pieces = [p for p in (parts[0], x, parts[1]) if p is not None]
             if len(pieces) > 1:
                 x = prot.concat(pieces, axis=axis)
-        return x, saved(save)
+        return x, saved(save, input_shape=list(inputs.shape))
+
+    def backward(self, grad, kept, *, preactivation=False, input_gradient=True):
+        _, h, w, _ = kept["input_shape"]
+        (top, _), (left, _) = self.padding
+        return grad[:, top:top + h, left:left + w, :], {}
 
     def get_config(self):
         return {**super().get_config(), "padding": self.padding}

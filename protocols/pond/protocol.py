@@ -21,6 +21,7 @@ from . import beaver, checks, comparison, linear
 from .comm import Channel
 from .functions import _ADD, ApproximationOps, ComparisonOps
 from .dealer import OnlineDealer, PrecomputedDealer, TripleSource, TripleSpec
+from .gradients import GradientOps
 from .tensors import PondTensor, PrivateTensor, PublicTensor
 from .truncation import truncate_private, truncate_public
 
@@ -30,7 +31,7 @@ _PRIV, _PUB = PrivateTensor, PublicTensor
 DRIVER = Player("driver", "")
 
 
-class Pond(ComparisonOps, ApproximationOps):
+class Pond(ComparisonOps, ApproximationOps, GradientOps):
     """Pond three-party computation: two servers hold additive shares over Z/2^64, a producer deals triples.
 
     Pond (Dahl et al., "Private Machine Learning in TensorFlow using Secure Computation", 2018) is secure
