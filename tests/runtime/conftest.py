@@ -121,8 +121,8 @@ class Processes:
             for name, process in started.items():
                 process.expect(f"tfe-lite serve: player {name!r} ready", READY_TIMEOUT)
 
-    def driver(self, mode: str, timeout: float = 20.0) -> Process:
-        process = Process([sys.executable, str(HERE / "driver.py"), mode, str(self.cluster), str(timeout)])
+    def driver(self, mode: str, timeout: float = 20.0, hang_timeout: float = 15.0) -> Process:
+        process = Process([sys.executable, str(HERE / "driver.py"), mode, str(self.cluster), str(timeout), str(hang_timeout)])
         self.started.append(process)
         return process
 

@@ -1,7 +1,7 @@
 """A driving program for the runtime tests, run as its own process against `tfe-lite serve` players.
 
     python driver.py run CLUSTER.json      the scenarios, placement (traced and executed), native kernels
-    python driver.py faults CLUSTER.json   compute; on each "go" line of stdin compute again, on "loop"
+    python driver.py faults CLUSTER.json [TIMEOUT [HANG_TIMEOUT]]   compute; on each "go" line of stdin compute again, on "loop"
                                            compute until a player is lost
 
 Each result is one line ``RESULT {json}`` on stdout. A driver that outlives its budget exits (faulthandler),
@@ -99,9 +99,22 @@ def run(config: tfe_lite.RemoteConfig) -> None:
 
         executed = executed_ops(config, work)
         fresh = [Pond(config).share(x, owner="alice").share0.numpy().tolist() for _ in range(2)]
+        keras = keras_run(config)
     emit(results={k: v.tolist() for k, v in results.items()}, devices=devices,
          players={p.name: p.device for p in config.players}, soft_placement=tf.config.get_soft_device_placement(),
-         placed=placed, executed=executed, fresh=fresh)
+         placed=placed, executed=executed, fresh=fresh, keras=keras)
+
+
+def keras_run(config: tfe_lite.RemoteConfig) -> dict:
+    """A private Keras model's predict (secure(), Keras's loop): its outputs, its forward graph's placement,
+    and what each player's process executed while the forward ran."""
+    private, outputs = scenarios.keras_predict(Pond(config, seed=scenarios.SEED))
+    batch = tf.constant(scenarios.keras_inputs()[:scenarios.PREDICT_BATCH])
+    forward = lambda: private.forward_function(batch)[0].numpy()  # noqa: E731
+    forward()  # traced before the players' profilers listen (tracing takes longer than their window)
+    executed = executed_ops(config, forward)
+    return {"outputs": outputs.tolist(), "dtype": str(outputs.dtype),
+            "placed": scenarios.graph_placement(scenarios.forward_graph(private), config), "executed": executed}
 
 
 def faults(config: tfe_lite.RemoteConfig) -> None:
@@ -132,5 +145,6 @@ def faults(config: tfe_lite.RemoteConfig) -> None:
 if __name__ == "__main__":
     mode, path = sys.argv[1], sys.argv[2]
     timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 20.0
-    {"run": run, "faults": faults}[mode](tfe_lite.RemoteConfig.load(path, timeout=timeout))
+    hang_timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 15.0
+    {"run": run, "faults": faults}[mode](tfe_lite.RemoteConfig.load(path, timeout=timeout, hang_timeout=hang_timeout))
     sys.stdout.flush()

@@ -6,10 +6,15 @@ Players: server0, server1, crypto-producer, alice and bob (alice and bob own dat
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import tensorflow as tf
 
 from tfe_lite.protocols import Pond
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "keras_layers"))  # layer_tools: float64 models, bounds
 
 SEED = 2024
 PLAYERS = ("server0", "server1", "crypto-producer", "alice", "bob")
@@ -70,10 +75,56 @@ def run(prot: Pond) -> dict[str, np.ndarray]:
 def traced_placement(prot: Pond, config) -> dict[str, list[str]]:
     """Op name -> [the player whose device the protocol placed it on, op type], in predict_fn's graph."""
     w = prot.share(inputs()["w"], owner="bob")
-    graph = predict_fn(prot, w).get_concrete_function(tf.TensorSpec([2, 4], tf.float64)).graph
+    return graph_placement(predict_fn(prot, w).get_concrete_function(tf.TensorSpec([2, 4], tf.float64)).graph, config)
+
+
+# ------------------------------------------------------------------------ a private Keras model's predict
+#: alice owns the model (shares its weights), bob (the driver in the remote runs) is the client: predict
+#: returns the client's revealed outputs to the program that calls it.
+MODEL_OWNER, CLIENT = "alice", "bob"
+PREDICT_BATCH = 4  # 6 records: a full batch and a last one padded by the client
+
+
+def keras_model():
+    """A float64 Keras model (Conv2D with relu, max pooling, Flatten, Dense), weights from a seeded numpy
+    generator so every process builds the same one. Build it after the config connects: TensorFlow's
+    ``connect_to_cluster`` invalidates variables made before it (on ``/job:localhost``)."""
+    import keras
+    from layer_tools import float64_models
+
+    L = keras.layers
+    with float64_models():
+        model = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(2, 3, activation="relu"), L.MaxPooling2D(2),
+                                  L.Flatten(), L.Dense(3)])
+    rng = np.random.default_rng(SEED + 1)
+    model.set_weights([rng.uniform(-0.8, 0.8, w.shape) for w in model.get_weights()])
+    return model
+
+
+def keras_inputs() -> np.ndarray:
+    return np.random.default_rng(SEED + 2).uniform(-1, 1, (6, 6, 6, 1))
+
+
+def private_model(prot: Pond):
+    from tfe_lite.keras_layers import secure
+
+    return secure(keras_model(), protocol=prot, model_owner=MODEL_OWNER, client=CLIENT)
+
+
+def keras_predict(prot: Pond):
+    """``(private model, its predict on keras_inputs())`` (Keras's own predict loop)."""
+    private = private_model(prot)
+    return private, private.predict(keras_inputs(), batch_size=PREDICT_BATCH, verbose=0)
+
+
+def graph_placement(graph, config) -> dict[str, list[str]]:
+    """Op name -> [the player whose device it was placed on, op type], for every placed op of ``graph``."""
     by_device = {tf.DeviceSpec.from_string(p.device).to_string(): p.name for p in config.players}
-    placed = {}
-    for op in graph.get_operations():
-        if op.device:
-            placed[op.name] = [by_device.get(tf.DeviceSpec.from_string(op.device).to_string(), op.device), op.type]
-    return placed
+    return {op.name: [by_device.get(tf.DeviceSpec.from_string(op.device).to_string(), op.device), op.type]
+            for op in graph.get_operations() if op.device}
+
+
+def forward_graph(private):
+    """The private forward's graph for predict's batch shape."""
+    return private.forward_function.get_concrete_function(
+        tf.TensorSpec((PREDICT_BATCH, *private.private_input_shapes[0]), tf.float64)).graph

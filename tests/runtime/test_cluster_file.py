@@ -102,6 +102,8 @@ def test_names_that_map_to_one_job_are_refused():
 def test_timeout_is_validated(timeout):
     with pytest.raises(ConfigError, match=r"`timeout`.*Received: timeout="):
         RemoteConfig(PLAYERS, timeout=timeout)
+    with pytest.raises(ConfigError, match=r"`hang_timeout`.*Received: hang_timeout="):
+        RemoteConfig(PLAYERS, hang_timeout=timeout)
 
 
 def test_unknown_player_of_a_remote_config():
@@ -166,3 +168,24 @@ def test_serve_requires_config_and_player(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["serve", "--player", "server0"])
     assert info.value.code == 2 and "--config" in capsys.readouterr().err
+
+
+def test_the_watchdog_cuts_only_the_connections_to_the_silent_address():
+    import socket
+
+    from tfe_lite.runtime.watchdog import sever
+
+    servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    try:
+        clients = [socket.create_connection(s.getsockname(), timeout=5) for s in servers]
+        accepted = [s.accept()[0] for s in servers]
+        host, port = servers[0].getsockname()
+        assert sever(f"{host}:{port}") == 1
+        assert clients[0].recv(1) == b""  # shut down: end of stream at once, no wait
+        clients[1].sendall(b"x")
+        assert accepted[1].recv(1) == b"x"  # the other connection is untouched
+        for c in clients + accepted:
+            c.close()
+    finally:
+        for s in servers:
+            s.close()

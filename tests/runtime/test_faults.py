@@ -1,7 +1,10 @@
-"""Faults: a player missing at start, killed mid-run, restarted: a clear error naming the player within
-the driver's timeout (no hang), and the next computation after a restart succeeds."""
+"""Faults: a player missing at start, killed mid-run, restarted, or stopped (SIGSTOP: hung, not dead): a
+clear error naming the player within the driver's timeout or hang timeout (no hang), and the next
+computation after a restart (or SIGCONT) succeeds."""
 
 import json
+import os
+import signal
 import time
 
 import numpy as np
@@ -12,6 +15,7 @@ import scenarios
 pytestmark = pytest.mark.slow
 
 TIMEOUT = 5.0  # the driver's RemoteConfig timeout
+HANG_TIMEOUT = 4.0  # and its hang_timeout (watchdog)
 SLACK = 10.0  # Python start-up of the driver is not in it; a loaded 2-core machine
 
 
@@ -22,7 +26,7 @@ def address(processes, player):
 def test_missing_killed_and_restarted_players_are_named_and_the_run_after_their_start_succeeds(processes):
     # Missing at start: named with its address within the timeout; once it runs, the next run succeeds.
     processes.serve("server0", "server1", "crypto-producer")
-    driver = processes.driver("faults", timeout=TIMEOUT)
+    driver = processes.driver("faults", timeout=TIMEOUT, hang_timeout=HANG_TIMEOUT)
     missing = driver.result()
     assert missing["ok"] is False and missing["error"] == "PartyUnavailableError"
     assert TIMEOUT <= missing["seconds"] < TIMEOUT + SLACK
@@ -68,6 +72,28 @@ def test_missing_killed_and_restarted_players_are_named_and_the_run_after_their_
     assert f"restarted since the driver connected (its context, keys and shares are gone): 'crypto-producer' at " \
            f"{address(processes, 'crypto-producer')}" in restarted["message"]
     driver.send("go")
+    back = driver.result()
+    assert back["ok"] is True
+    np.testing.assert_array_equal(np.asarray(back["value"]), first)
+
+    # Stopped (SIGSTOP) while computations run: its port still accepts connections and TCP still acknowledges,
+    # so only the watchdog's unanswered status probes reveal it; the driver cuts its connections to it.
+    driver.send("loop")
+    driver.expect("RESULT ", 60)
+    time.sleep(0.5)
+    stopped_pid = processes.players["server0"].popen.pid
+    os.kill(stopped_pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        hung = driver.result(timeout=HANG_TIMEOUT + SLACK)
+        waited = time.monotonic() - stopped
+    finally:
+        os.kill(stopped_pid, signal.SIGCONT)
+    assert HANG_TIMEOUT <= waited < HANG_TIMEOUT + SLACK
+    assert hung["ok"] is False and hung["error"] == "PartyUnavailableError" and hung["runs"] >= 1
+    assert f"unreachable: 'server0' at {address(processes, 'server0')} (hung: no answer for " in hung["message"]
+    assert "a stopped or frozen process; the driver cut its connections to it" in hung["message"]
+    driver.send("go")  # resumed: the next computation reconnects and gives the same result
     back = driver.result()
     assert back["ok"] is True
     np.testing.assert_array_equal(np.asarray(back["value"]), first)

@@ -124,3 +124,44 @@ def test_the_example_gives_the_local_result_on_the_cluster(remote):
     assert digest.search(multi)[1] == digest.search(local)[1]
     error = float(re.search(r"max \|private - plaintext\| = (\S+)", multi)[1])
     assert error < 33.01 * 2.0 ** -16  # oracle.matmul_tol: sum_k (|x| + |w|) u/2 + u, values in [-1, 1], k = 32
+
+
+# ------------------------------------------------------------------- a private Keras model's predict
+@pytest.fixture(scope="module")
+def local_keras():
+    config = tfe_lite.LocalConfig(["alice", "bob"])
+    private, outputs = scenarios.keras_predict(Pond(config, seed=scenarios.SEED))
+    return outputs, scenarios.graph_placement(scenarios.forward_graph(private), config)
+
+
+def test_private_keras_predict_equals_local_mode_bit_for_bit(remote, local_keras):
+    outputs, _ = local_keras
+    assert remote["keras"]["dtype"] == "float64" == str(outputs.dtype)
+    np.testing.assert_array_equal(np.asarray(remote["keras"]["outputs"]), outputs)
+
+
+def test_private_keras_predict_equals_keras_within_the_propagated_bound(remote):
+    from layer_tools import model_tol
+
+    prot = Pond(tfe_lite.LocalConfig(["alice", "bob"]))  # for its fixed-point settings only
+    (tol,), (expected,) = model_tol(prot, scenarios.keras_model(), scenarios.keras_inputs())
+    got = np.asarray(remote["keras"]["outputs"])
+    assert got.shape == expected.shape == (6, 3)
+    assert_close(got, expected, tol)
+
+
+def test_private_keras_forward_runs_where_local_mode_places_it(remote, local_keras):
+    from collections import Counter
+
+    _, local_placed = local_keras
+    placed, executed = remote["keras"]["placed"], remote["keras"]["executed"]
+    # Keras numbers its layers per process, so the graphs are compared by (player, op type).
+    assert Counter(map(tuple, placed.values())) == Counter(map(tuple, local_placed.values()))
+    by_player = Counter(player for player, _ in placed.values())
+    assert set(by_player) == {"server0", "server1", "crypto-producer", "bob"}  # the model owner, alice, is absent
+    for player in ("server0", "server1", "crypto-producer"):
+        ours = {name for name, kind in executed[player].items() if name in placed and name != kind}
+        assert len(ours) >= 100, f"too few ops of the private forward seen executing on {player}"
+        wrong = {name: placed[name][0] for name in ours if placed[name][0] != player}
+        assert not wrong, f"ops executed on {player} but placed elsewhere: {wrong}"
+    assert not {name for name in executed["alice"] if name in placed}  # the model owner runs nothing per batch

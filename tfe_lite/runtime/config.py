@@ -38,6 +38,7 @@ from tfe_lite.runtime import cluster as cluster_file
 from tfe_lite.runtime.cluster import DRIVER_JOB, Cluster, device_of, job_name
 from tfe_lite.runtime.faults import translate
 from tfe_lite.runtime.wait import describe, probe_all, wait_for_players
+from tfe_lite.runtime.watchdog import DEFAULT_HANG_TIMEOUT, Watchdog
 
 #: Default seconds to wait for the players when connecting.
 DEFAULT_TIMEOUT = 30.0
@@ -62,6 +63,9 @@ class RemoteConfig(Config):
         driver_address: where the driver's own server listens when ``driver`` is None
             (default ``127.0.0.1`` and a free port).
         timeout: seconds to wait for the players when connecting.
+        hang_timeout: seconds a connected player may leave its status probes unanswered (a stopped or
+            frozen process) before the driver cuts its connections to it, so that the computation waiting
+            on it fails (:mod:`tfe_lite.runtime.watchdog`).
         source: what the entries came from, for error messages (:meth:`load` passes the file).
     """
 
@@ -69,20 +73,23 @@ class RemoteConfig(Config):
     remote = True
 
     def __init__(self, players: Mapping[str, str], *, driver: str | None = None, driver_address: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, source: str = "RemoteConfig"):
+                 timeout: float = DEFAULT_TIMEOUT, hang_timeout: float = DEFAULT_HANG_TIMEOUT, source: str = "RemoteConfig"):
         self.cluster: Cluster = cluster_file.validate(players, driver, driver_address, source=source)
         self.timeout = cluster_file.check_timeout(timeout)
+        self.hang_timeout = cluster_file.check_timeout(hang_timeout, "hang_timeout")
         names = list(DEFAULT_PLAYERS) + [n for n in self.cluster.players if n not in DEFAULT_PLAYERS]
         super().__init__([Player(name, device_of(name)) for name in names])
         self._connected = False
         self._incarnations: dict[str, tuple[int, ...]] = {}
+        self._watchdog = Watchdog(self.served, self.hang_timeout)
 
     @classmethod
-    def load(cls, path: str | Path, *, timeout: float = DEFAULT_TIMEOUT) -> "RemoteConfig":
+    def load(cls, path: str | Path, *, timeout: float = DEFAULT_TIMEOUT,
+             hang_timeout: float = DEFAULT_HANG_TIMEOUT) -> "RemoteConfig":
         """A RemoteConfig from a JSON cluster file; errors name the file and the entry."""
         found = cluster_file.load(path)
         return cls(found.players, driver=found.driver, driver_address=found.driver_address, timeout=timeout,
-                   source=found.source)
+                   hang_timeout=hang_timeout, source=found.source)
 
     # ------------------------------------------------------------------------------------ the cluster
     @property
@@ -161,6 +168,8 @@ class RemoteConfig(Config):
                     + ". Is each address the `tfe-lite serve` of that player?"
                 )
             self._incarnations = incarnations
+            self._watchdog.reset()
+            self._watchdog.start()
             self._connected = True
             return self
 
@@ -185,7 +194,8 @@ class RemoteConfig(Config):
         try:
             yield self
         except Exception as error:
-            fault = translate(error, self.served, source=self.cluster.source, incarnations=self._incarnations)
+            fault = translate(error, self.served, source=self.cluster.source, incarnations=self._incarnations,
+                              hung=self._watchdog.hung)
             if fault is None:
                 raise
             self._connected = False

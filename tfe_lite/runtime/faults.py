@@ -42,15 +42,21 @@ def _first_line(error: tf.errors.OpError) -> str:
 
 
 def translate(error: Exception, addresses: Mapping[str, str], *, source: str,
-              incarnations: Mapping[str, tuple[int, ...]] | None = None) -> PartyUnavailableError | None:
+              incarnations: Mapping[str, tuple[int, ...]] | None = None,
+              hung: Mapping[str, float] | None = None) -> PartyUnavailableError | None:
     """A PartyUnavailableError for ``error`` when it means a player was lost, else None.
 
     ``addresses``: the served players; ``incarnations``: theirs when the driver connected, to tell a
-    restarted player (new incarnation) from one that kept running.
+    restarted player (new incarnation) from one that kept running; ``hung``: the players whose connections
+    the watchdog cut (:mod:`tfe_lite.runtime.watchdog`), and for how long they had been silent.
     """
     if not isinstance(error, LOST + MAYBE_LOST):
         return None
     alive, unreachable = probe_all(addresses, PROBE_TIMEOUT)
+    for name, seconds in (hung or {}).items():
+        if name in unreachable:
+            unreachable[name] = (f"hung: no answer for {seconds:.0f} s, a stopped or frozen process; the driver "
+                                 "cut its connections to it")
     restarted = [name for name, inc in alive.items() if incarnations and name in incarnations and incarnations[name] != inc]
     named = [name for name in mentioned(str(error.message), addresses) if name not in unreachable and name not in restarted]
     if not isinstance(error, LOST) and not unreachable and not restarted:
@@ -67,7 +73,7 @@ def translate(error: Exception, addresses: Mapping[str, str], *, source: str,
         parts.append("a player of the cluster failed (TensorFlow did not say which; all answer now)")
     return PartyUnavailableError(
         f"The computation on {source} stopped: {'; '.join(parts)}. TensorFlow reported "
-        f"{type(error).__name__}: {_first_line(error)}. Restart a stopped player with `tfe-lite serve --config "
+        f"{type(error).__name__}: {_first_line(error)}. Resume a hung player or restart a stopped one with `tfe-lite serve --config "
         "CLUSTER.json --player NAME`; a new protocol instance on this config then reconnects (values held only "
         "in the players' memory for this computation are lost; saved checkpoints are not touched)."
     )
