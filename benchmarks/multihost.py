@@ -1,21 +1,32 @@
-"""Private matmul with every player a `tfe-lite serve` process on 127.0.0.1, against local mode, in one run.
+"""Private matmul and LeNet inference with every player a `tfe-lite serve` process on 127.0.0.1, against
+local mode, in one run.
 
-Run: python benchmarks/multihost.py [--size 512] [--repeats 10]
+Run: python benchmarks/multihost.py [--size 512] [--batches 1 64] [--repeats 10] [--rtt-ms 20]
 
-The script starts server0, server1 and the crypto producer as `tfe-lite serve` processes (free 127.0.0.1
-ports, stopped at the end whatever happens) and drives them as alice. The same process also holds a
-:class:`tfe_lite.LocalConfig` (its own logical CPU devices, configured before the cluster connects), so
-the two modes run the same traced private matmul (online dealer: the producer makes each triple; the
-product revealed to alice) in interleaved repetitions under the same machine load; the printed ratio is the result (target: multi-host
-<= 1.5x local).
+The script starts server0, server1, the crypto producer and the model owner as `tfe-lite serve` processes
+(free 127.0.0.1 ports, stopped at the end whatever happens) and drives them as alice. The same process
+also holds a :class:`tfe_lite.LocalConfig` (its own logical CPU devices, configured before the cluster
+connects), so the two modes run the same traced computations in interleaved repetitions under the same
+machine load; the printed ratios are the result (target: multi-host <= 1.5x local):
+
+* a private SIZE x SIZE matmul (online dealer: the producer makes each triple; the product revealed to alice);
+* LeNet private inference (the model of benchmarks/inference.py, converted by ``secure()``; the model owner
+  shares the weights once, alice is the client: her batch is shared from her device and the logits are
+  revealed to her), ``forward_function`` traced once per batch size. Issue 12's second target for it:
+  at most 0.1x CrypTen 0.4.1 with two parties and a dealer in three processes (200 ms at batch 1, 760 ms
+  at batch 64).
 
 Bytes: TCP bytes between the cluster's processes, as the kernel counts them on each socket (``ss -ti``
 ``bytes_received``: payload, gRPC/HTTP2 framing included), beside the protocol's own count of what one
 private matmul sends (``Pond.count_communication``, run-time counters) and the Pond formula.
 
-LeNet private inference (batch 1 and 64) is not measured: tfe_lite has no private LeNet yet
-(keras_layers). :func:`lenet_cases` is the hook: return its (name, function, arguments) cases and they are
-timed and reported beside the matmul in both modes.
+Measured for each multi-host case, outside the timed runs.
+
+Latency: ``--rtt-ms R`` puts each served player behind a relay that delays every byte by R/2 ms each way
+(benchmarks/delay_proxy.py; ``tc netem`` is unavailable: this kernel lacks ``CONFIG_NET_SCH_NETEM``), so a
+message to or from a served player costs R ms more; traffic to alice's own server (in the driver) is not
+delayed. The ratios then show the cost of rounds (no target applies); the relay copies bytes in Python, so
+no bytes are reported.
 """
 
 import argparse
@@ -32,14 +43,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from _cli import positive_int  # noqa: E402
 
-SERVED = ("server0", "server1", "crypto-producer")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference import lenet, measured_rounds  # noqa: E402  (the LeNet of benchmarks/inference.py)
+
+SERVED = ("server0", "server1", "crypto-producer", "model-owner")
 READY_TIMEOUT = 90.0
+CRYPTEN_3PROCESS_MS = {1: 2010.0, 64: 7564.0}  # CrypTen 0.4.1, two parties and a dealer in three processes
+CRYPTEN_TARGET = 0.1
+HOPS = 40  # messages in the round-trip probe
+WIDTH = 400  # messages in the one-round probe (LeNet's forward sends about 400 tensors between players)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=positive_int, default=512, help="the matrices are SIZE x SIZE")
+    parser.add_argument("--batches", type=positive_int, nargs="*", default=[1, 64],
+                        help="LeNet batch sizes (none: the matmul only)")
     parser.add_argument("--repeats", type=positive_int, default=10, help="timed repetitions per mode")
+    parser.add_argument("--rtt-ms", type=float, default=None,
+                        help="add this round-trip time to every served player (a delaying relay)")
     return parser.parse_args(argv)
 
 
@@ -55,15 +77,17 @@ def free_ports(count):
     return ports
 
 
-def start_players(cluster: Path):
-    processes = {}
+def start_players(cluster: Path, processes: dict, listen: dict[str, int] | None = None) -> None:
+    """Start the served players into ``processes`` (so the caller stops them whatever happens); wait until ready."""
+    started = {}
     for name in SERVED:
-        processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "tfe_lite.runtime.cli", "serve", "--config", str(cluster), "--player", name],
+        extra = ["--listen-port", str(listen[name])] if listen else []
+        processes[name] = started[name] = subprocess.Popen(
+            [sys.executable, "-m", "tfe_lite.runtime.cli", "serve", "--config", str(cluster), "--player", name, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
     deadline = time.monotonic() + READY_TIMEOUT
-    for name, process in processes.items():
+    for name, process in started.items():
         line = ""
         while "ready" not in line:
             # readline blocks, but a serve process prints its ready line or exits (EOF) before the deadline
@@ -71,7 +95,6 @@ def start_players(cluster: Path):
             if not line or time.monotonic() > deadline:
                 raise RuntimeError(f"tfe-lite serve for {name} did not become ready (exit {process.poll()})")
         print(line.strip().split(" (")[0], flush=True)
-    return processes
 
 
 def wire_bytes(ports: set[int]) -> int:
@@ -88,20 +111,71 @@ def wire_bytes(ports: set[int]) -> int:
     return total
 
 
-def lenet_cases(prot):
-    """Hook for LeNet private inference at batch 1 and 64 (none yet: no private LeNet in keras_layers)."""
-    return []
+def lenet_cases(prot, model, batches):
+    """LeNet private inference at each batch size: ``(name, function, arguments)`` cases on ``prot``."""
+    import numpy as np
+
+    from tfe_lite.keras_layers import secure
+
+    private = secure(model, protocol=prot, model_owner="model-owner", client="alice")
+    rng = np.random.default_rng(64)
+    return [(f"LeNet private inference, batch {b}", private.forward_function,
+             (rng.uniform(0, 1, (b, 28, 28, 1)).astype(np.float32),)) for b in batches]
+
+
+def message_chain(config, hops=HOPS):
+    """A traced chain of ``hops`` dependent one-element messages between server0 and server1: the cost of a
+    round (one message on the critical path), without the protocol's computation."""
+    import tensorflow as tf
+
+    ends = [config.get_player(name).device for name in ("server0", "server1")]
+
+    @tf.function
+    def chain(x):
+        for i in range(hops):
+            with tf.device(ends[i % 2]):
+                x = x + 1
+        with tf.device(config.get_player("alice").device):
+            return tf.identity(x)
+
+    return chain
+
+
+def message_fan(config, width=WIDTH):
+    """A traced round of ``width`` independent one-element messages from server0 to server1: the cost of
+    many messages in one round."""
+    import tensorflow as tf
+
+    @tf.function
+    def fan(x):
+        with tf.device(config.get_player("server0").device):
+            sent = [x + i for i in range(width)]
+        with tf.device(config.get_player("server1").device):
+            total = tf.add_n([tf.identity(t) for t in sent])
+        with tf.device(config.get_player("alice").device):
+            return tf.identity(total)
+
+    return fan
 
 
 def main(argv=None):
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="tfe-multihost-"))
-    ports = free_ports(len(SERVED) + 1)
+    ports = free_ports(2 * len(SERVED) + 1)
     players = {name: f"127.0.0.1:{port}" for name, port in zip(SERVED + ("alice",), ports)}
     cluster = workdir / "cluster.json"
     cluster.write_text(json.dumps({"players": players, "driver": "alice"}, indent=2))
-    processes = start_players(cluster)
+    processes, listen = {}, None
+    if args.rtt_ms is not None:  # each served player listens behind its delaying relay at its cluster address
+        listen = dict(zip(SERVED, ports[len(SERVED) + 1:]))
+        relay = subprocess.Popen([sys.executable, str(Path(__file__).with_name("delay_proxy.py")), "--rtt-ms", str(args.rtt_ms),
+                                  *(f"{players[n].rsplit(':', 1)[1]}:{listen[n]}" for n in SERVED)],
+                                 stdout=subprocess.PIPE, text=True)
+        processes["relay"] = relay
+        if relay.stdout.readline().strip() != "relaying":
+            raise RuntimeError(f"the delaying relay did not start (exit {relay.poll()})")
     try:
+        start_players(cluster, processes, listen)
         run(args, cluster, set(ports))
     finally:
         for process in processes.values():
@@ -113,7 +187,19 @@ def main(argv=None):
                 process.kill()
 
 
+def traffic(config, fn, fn_args, prot, ports, runs=3):
+    """``(bytes on the wire, the protocol's count, the log)`` per run of ``fn``, averaged over ``runs``."""
+    import tensorflow as tf
+
+    before = wire_bytes(ports)
+    with config.guard(), prot.count_communication() as log:
+        for _ in range(runs):
+            [t.numpy() for t in tf.nest.flatten(fn(*fn_args))]
+    return (wire_bytes(ports) - before) / runs, log.total_bytes() / runs, log
+
+
 def run(args, cluster: Path, ports: set[int]):
+    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -123,11 +209,13 @@ def run(args, cluster: Path, ports: set[int]):
 
     ensure_logical_cpus(8)  # local mode's devices, before the runtime starts
     remote = tfe_lite.RemoteConfig.load(cluster, timeout=READY_TIMEOUT).connect()
-    local = tfe_lite.LocalConfig(["alice"])
+    local = tfe_lite.LocalConfig(["alice", "model-owner"])
+    keras.utils.set_random_seed(1)
+    model = lenet()  # after connecting: TensorFlow's cluster connect invalidates variables made before it
     n = args.size
     rng = np.random.default_rng(n)
     x, y = rng.uniform(-1, 1, size=(n, n)), rng.uniform(-1, 1, size=(n, n))
-    cases = {}
+    cases, rounds = {}, {}
     for mode, config in (("local", local), ("multi-host", remote)):
         with config.guard():
             prot = Pond(config)
@@ -145,8 +233,20 @@ def run(args, cluster: Path, ports: set[int]):
                 private(*arguments).numpy()
             error = np.abs(private(*arguments).numpy() - x @ y).max()
             cases[f"{mode}: private {n}x{n} matmul"] = (config, private, arguments, prot, error)
-            for name, fn, fn_args in lenet_cases(prot):
-                cases[f"{mode}: {name}"] = (config, fn, fn_args, prot, None)
+            for name, fn, fn_args in lenet_cases(prot, model, args.batches):
+                for _ in range(2):
+                    out = fn(*fn_args)[0].numpy()
+                error = np.abs(out - model(fn_args[0]).numpy()).max()
+                cases[f"{mode}: {name}"] = (config, fn, fn_args, prot, error)
+                if mode == "local":
+                    graph = fn.get_concrete_function(tf.TensorSpec(fn_args[0].shape, tf.float32)).graph
+                    rounds[name] = measured_rounds(graph, config)
+            start = tf.constant(0, tf.int64)
+            for probe, label in ((message_chain(config), f"{HOPS} messages server0 <-> server1"),
+                                 (message_fan(config), f"{WIDTH} messages server0 -> server1, one round")):
+                for _ in range(2):
+                    probe(start).numpy()
+                cases[f"{mode}: {label}"] = (config, probe, (start,), prot, None)
 
     times = {name: [] for name in cases}
     for _ in range(args.repeats):  # interleaved: both modes see the same load
@@ -156,29 +256,52 @@ def run(args, cluster: Path, ports: set[int]):
                 [t.numpy() for t in tf.nest.flatten(fn(*fn_args))]
                 times[name].append(time.perf_counter() - start)
 
-    config, fn, fn_args, prot, _ = cases[f"multi-host: private {n}x{n} matmul"]
-    runs = 3
-    before = wire_bytes(ports)
-    with config.guard(), prot.count_communication() as log:
-        for _ in range(runs):
-            fn(*fn_args).numpy()
-    on_wire = (wire_bytes(ports) - before) / runs
-    counted = log.total_bytes() / runs
-    formula = 8 * 7 * n * n + 2 * 32
-
-    print(f"\nprivate {n}x{n} matmul, online dealer, median of {args.repeats} interleaved runs "
-          f"(tfe_lite.ops backend: {tfe_lite.ops.backend()}, {os.cpu_count()} CPUs)")
+    latency = f", multi-host with {args.rtt_ms:g} ms RTT added (delaying relay)" if args.rtt_ms is not None else ""
+    print(f"\nmedian of {args.repeats} interleaved runs, online dealer (tfe_lite.ops backend: {tfe_lite.ops.backend()}, "
+          f"{os.cpu_count()} CPUs){latency}")
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name, (_, _, _, _, error) in cases.items():
-        extra = f"   max error {error:.1e}" if error is not None else ""
-        print(f"  {name:40s} {medians[name] * 1e3:9.1f} ms{extra}")
-    ratio = medians[f"multi-host: private {n}x{n} matmul"] / medians[f"local: private {n}x{n} matmul"]
-    print(f"  multi-host / local: {ratio:.2f}x  (target <= 1.5x: {'met' if ratio <= 1.5 else 'MISSED'})")
-    print(f"\nbytes per private matmul: on the wire (TCP, gRPC framing included) {on_wire:,.0f}; "
-          f"protocol count {counted:,.0f}; Pond formula 8*(2n^2 + 2n^2 + n^2 + 2n^2 reveal) + 2*32 = {formula:,}; "
-          f"wire / count = {on_wire / counted:.3f}")
-    print(log.summary())
-    print("\nLeNet private inference (batch 1, 64): not measured, no private LeNet yet (hook: lenet_cases).")
+        extra = f"   max |private - plaintext| {error:.1e}" if error is not None else ""
+        print(f"  {name:48s} {medians[name] * 1e3:9.1f} ms{extra}")
+    print()
+    for name in [k[len("local: "):] for k in cases if k.startswith("local: ")]:
+        ratio = medians[f"multi-host: {name}"] / medians[f"local: {name}"]
+        met = "met" if ratio <= 1.5 else "MISSED"
+        target = "" if "messages" in name or latency else f"  (target <= 1.5x: {met})"
+        print(f"  {name:40s} multi-host / local: {ratio:.2f}x{target}")
+    hop = f"{HOPS} messages server0 <-> server1"
+    per_message = (medians[f"multi-host: {hop}"] - medians[f"local: {hop}"]) / HOPS * 1e3
+    print(f"  a message between two player processes costs {per_message:.2f} ms more than between two devices of one process")
+    fan = f"{WIDTH} messages server0 -> server1, one round"
+    per_parallel = (medians[f"multi-host: {fan}"] - medians[f"local: {fan}"]) / WIDTH * 1e3
+    print(f"  {WIDTH} messages in one round: {per_parallel:.3f} ms more per message")
+    for name, count in rounds.items():
+        extra = (medians[f"multi-host: {name}"] - medians[f"local: {name}"]) * 1e3
+        print(f"  {name}: {count} rounds (traced graph) x {per_message:.2f} ms = {count * per_message:.1f} ms; "
+              f"measured multi-host - local = {extra:.1f} ms")
+    for batch in args.batches:
+        ms = medians[f"multi-host: LeNet private inference, batch {batch}"] * 1e3
+        if batch in CRYPTEN_3PROCESS_MS and not latency:
+            target = CRYPTEN_TARGET * CRYPTEN_3PROCESS_MS[batch]
+            print(f"  LeNet batch {batch:<3d} multi-host {ms:.1f} ms vs CrypTen 0.4.1 in three processes "
+                  f"({CRYPTEN_3PROCESS_MS[batch]:,.0f} ms): {ms / CRYPTEN_3PROCESS_MS[batch]:.3f}x "
+                  f"(target <= {CRYPTEN_TARGET}x = {target:.0f} ms: {'met' if ms <= target else 'MISSED'})")
+
+    if latency:
+        return
+    print("\nbytes per run, multi-host: on the wire (kernel TCP counters, gRPC framing included) vs the protocol's count")
+    for name, (config, fn, fn_args, prot, error) in cases.items():
+        if not name.startswith("multi-host: ") or error is None:
+            continue
+        on_wire, counted, log = traffic(config, fn, fn_args, prot, ports)
+        extra = ""
+        if "matmul" in name:
+            formula = 8 * 7 * n * n + 2 * 32
+            extra = f"; Pond formula 8*(2n^2 + 2n^2 + n^2 + 2n^2 reveal) + 2*32 = {formula:,}"
+            matmul_log = log
+        print(f"  {name[len('multi-host: '):]:40s} wire {on_wire:14,.0f}  count {counted:14,.0f}  "
+              f"wire / count = {on_wire / counted:.3f}{extra}")
+    print(matmul_log.summary())
 
 
 if __name__ == "__main__":

@@ -119,7 +119,8 @@ def keras_run(config: tfe_lite.RemoteConfig) -> dict:
 
 def faults(config: tfe_lite.RemoteConfig) -> None:
     """Compute; then once per line of stdin compute again ("go") or until a player is lost ("loop", at
-    most 60 s), each time with a new protocol instance, reporting the outcome."""
+    most 60 s), each time with a new protocol instance, reporting the outcome; "stale" reads a variable made
+    before connecting."""
     v = scenarios.inputs()
 
     def compute():
@@ -127,10 +128,14 @@ def faults(config: tfe_lite.RemoteConfig) -> None:
             prot = Pond(config, seed=scenarios.SEED)
             return (prot.share(v["x"], owner="alice") @ prot.share(v["w"], owner="alice")).reveal(to="alice").numpy()
 
+    made_before_connecting = tf.Variable(1.0)  # on /job:localhost, which connecting replaces
     command = "go"
-    while command in ("go", "loop"):
+    while command in ("go", "loop", "stale"):
         runs, start = 0, time.monotonic()
         try:
+            if command == "stale":
+                with config.guard():
+                    made_before_connecting.numpy()
             value = compute()
             if command == "loop":
                 emit(looping=True)

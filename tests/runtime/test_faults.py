@@ -39,6 +39,10 @@ def test_missing_killed_and_restarted_players_are_named_and_the_run_after_their_
     first = np.asarray(started["value"])
     v = scenarios.inputs()
     assert np.abs(first - v["x"] @ v["w"]).max() < 1e-3
+    driver.send("stale")  # a variable made before the driver connected: named as such, not a raw TF error
+    stale = driver.result()
+    assert stale["ok"] is False and stale["error"] == "RuntimeConfigError"
+    assert "made before this process connected" in stale["message"] and "/job:localhost" in stale["message"]
 
     # Killed while computations run.
     driver.send("loop")

@@ -197,6 +197,12 @@ class RemoteConfig(Config):
             fault = translate(error, self.served, source=self.cluster.source, incarnations=self._incarnations,
                               hung=self._watchdog.hung)
             if fault is None:
+                if isinstance(error, tf.errors.InvalidArgumentError) and "/job:localhost/" in str(error.message):
+                    raise RuntimeConfigError(
+                        f"A TensorFlow value made before this process connected to the cluster of {self.cluster.source} "
+                        "was used (it lives on /job:localhost, which the cluster connect replaced). Connect first "
+                        "(`config.connect()`, or make the protocol), then build Keras models and variables."
+                    ) from error
                 raise
             self._connected = False
             raise fault from error
