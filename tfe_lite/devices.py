@@ -60,6 +60,12 @@ def ensure_logical_cpus(count: int) -> list[str]:
 _EAGER_LOCK = threading.RLock()
 
 
+def eager_lock() -> threading.RLock:
+    """The process-wide eager lock (reentrant), for code that runs eager work other than through
+    :func:`eager_serialized` (e.g. calls of traced functions on the players' devices)."""
+    return _EAGER_LOCK
+
+
 def eager_serialized(fn: Callable) -> Callable:
     """Run ``fn`` under the process-wide eager lock when it executes eagerly (not while tracing)."""
 

@@ -21,6 +21,7 @@ from . import beaver, checks, comparison, linear
 from .comm import Channel
 from .functions import _ADD, ApproximationOps, ComparisonOps
 from .dealer import OnlineDealer, PrecomputedDealer, TripleSource, TripleSpec
+from .eager import EagerFunctions, traced_when_eager
 from .gradients import GradientOps
 from .tensors import PondTensor, PrivateTensor, PublicTensor
 from .truncation import truncate_private, truncate_public
@@ -97,6 +98,10 @@ class Pond(ComparisonOps, ApproximationOps, GradientOps):
       about ``2**(64 - f)``; otherwise the result is within one unit of ``2**-f`` of the truncated product.
     * matmul: both operands of the same rank >= 2 and equal leading (batch) dimensions.
 
+    Eager speed: an operation called eagerly again with the same shapes and arguments runs as a cached
+    ``tf.function`` of itself, so that the servers' and the producer's kernels overlap as in a traced graph
+    (see :mod:`.eager` for what is cached, and what always runs eagerly).
+
     Concurrency: seeds, masks and triples are drawn through atomic counters, so concurrent executions of
     traced functions never reuse randomness. Eager operations from several threads are safe but run one at
     a time (TensorFlow's eager runtime mixes up operands across threads on logical devices); for parallel
@@ -128,6 +133,7 @@ class Pond(ComparisonOps, ApproximationOps, GradientOps):
         if not isinstance(checked, bool):
             raise ConfigError(f"Received an invalid value for `checked`, expected True or False. Received: checked={checked!r}")
         self.checked = checked
+        self._eager_functions = EagerFunctions()  # eager operations run as cached traces (see .eager)
 
     def __repr__(self) -> str:
         return f"Pond({self.config!r}, fixedpoint={self.fixedpoint}, dealer={type(self.dealer).__name__})"
@@ -429,6 +435,19 @@ class Pond(ComparisonOps, ApproximationOps, GradientOps):
             if exponent:
                 base = self.square(base)
         return result
+
+
+#: The operations that run as cached traces when called eagerly with a signature seen before (the local
+#: reshaping ops, ``neg``, ``reduce_sum``, ``concat``, ``public`` and ``from_shares`` cost less than a call
+#: of a function, and run eagerly).
+_TRACED_WHEN_EAGER = (
+    "share", "reveal", "add", "sub", "mul", "square", "matmul", "conv2d", "avg_pool2d", "truncate", "div", "pow",
+    "less", "greater", "less_equal", "greater_equal", "sign", "relu", "maximum", "reduce_max", "argmax",
+    "max_pool2d", "exp", "log", "reciprocal", "rsqrt", "sigmoid", "tanh", "softmax",
+)
+for _name in _TRACED_WHEN_EAGER:
+    setattr(Pond, _name, traced_when_eager(getattr(Pond, _name)))
+del _name
 
 
 def _fixedpoint(value) -> FixedPointConfig:
