@@ -97,8 +97,9 @@ def bench(n: int, repeats: int, config) -> dict:
     cases["plaintext float32 matmul"] = (tf.function(tf.matmul), f32)
 
     times = {name: [] for name in cases}
-    for name, (fn, args, *_) in cases.items():  # warm up (tracing)
-        timed(fn, *args)
+    for name, (fn, args, *_) in cases.items():  # warm up (tracing; eagerly, until the ops' traces are cached)
+        for _ in range(20 if "eager" in name else 1):
+            timed(fn, *args)
     for _ in range(repeats):
         for name, (fn, args, *_) in cases.items():
             times[name].append(timed(fn, *args))

@@ -6,8 +6,9 @@ graph runs them side by side (500x500 private matmul and reveal: 1.2 to 1.3 time
 eager call of an operation with operands it has seen before (same operation, same shapes, same Python
 arguments) runs a ``tf.function`` of that operation, traced once and cached per protocol:
 
-* the first call with a new signature runs eagerly (no trace for one-off shapes, which tests and
-  interactive use make many of); the second traces; later ones reuse the trace;
+* calls with a new signature run eagerly until :data:`TRACE_AFTER_CALLS` of them have taken
+  :data:`TRACE_AFTER_SECONDS` in all (no trace for one-off shapes, which tests and interactive use make
+  many of, nor for cheap calls repeated a few times); the next call traces, later ones reuse the trace;
 * Pond tensors become the function's tensor inputs (their shares stay on the servers' devices); Python
   numbers, strings, players, slices and small numpy arrays (up to :data:`CONSTANT_ELEMENTS` elements) are
   part of the cache key and constants of the trace; the values ``share`` is given (numpy arrays or
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from typing import Any, Callable
 
 import numpy as np
@@ -45,11 +47,12 @@ from .tensors import PondTensor, PrivateTensor, PublicTensor
 CONSTANT_ELEMENTS = 4096
 #: Traced operations kept per protocol; beyond it new signatures run eagerly.
 MAX_FUNCTIONS = 512
+#: A signature is traced after this many eager calls that took TRACE_AFTER_SECONDS in all (see
+#: :class:`EagerFunctions`).
+TRACE_AFTER_CALLS = 3
+TRACE_AFTER_SECONDS = 0.1
 
 _STATE = threading.local()  # .inside: an eager Pond operation is running in this thread
-
-
-_RUN_EAGERLY = object()  # EagerFunctions.call's answer when the call is to run eagerly
 
 
 class _Eager(Exception):
@@ -153,19 +156,31 @@ def _flatten_outputs(result: Any, tensors: list[tf.Tensor]) -> Any:
 
 
 class EagerFunctions:
-    """One protocol's cache of traced operations, keyed by operation and :class:`_Signature` key
-    (``max_functions=0``: every call runs eagerly, as ``benchmarks/matmul.py`` compares)."""
+    """One protocol's cache of traced operations, keyed by operation and :class:`_Signature` key.
 
-    def __init__(self, max_functions: int = MAX_FUNCTIONS) -> None:
+    A signature is traced once ``calls`` eager calls of it have taken ``trace_after`` seconds in all: a
+    trace costs one to six eager runs of the operation (measured on this project's 2-core machine: a
+    512x512 private matmul, 0.05 to 0.1 s eagerly, traces in about 0.2 s; a relu of 4 elements, 0.24 s
+    eagerly, in 1.5 s), which only repeated use pays back, so one-off shapes and cheap calls stay eager.
+    ``max_functions=0`` keeps every call eager (``benchmarks/matmul.py`` compares that path)."""
+
+    def __init__(
+        self, max_functions: int = MAX_FUNCTIONS, trace_after: float = TRACE_AFTER_SECONDS,
+        calls: int = TRACE_AFTER_CALLS,
+    ) -> None:
         self._max = max_functions
+        self._trace_after = trace_after
+        self._calls = calls
         self._lock = threading.Lock()
-        self._seen: set = set()
+        self._spent: dict = {}  # signature key -> [eager calls, seconds they took]
         self._functions: dict = {}
 
     def __len__(self) -> int:
         return len(self._functions)
 
     def call(self, protocol, method: Callable, args: tuple, kwargs: dict) -> Any:
+        """``method(protocol, *args, **kwargs)``: from the cached trace of its signature, or eagerly."""
+        key = None
         signature = _Signature(protocol)
         try:
             if method.__name__ == "share" and args:
@@ -175,18 +190,31 @@ class EagerFunctions:
             else:
                 template_args = tuple(signature.value(a) for a in args)
             template_kwargs = {name: signature.value(kwargs[name]) for name in sorted(kwargs)}
+            key = (method.__name__, tuple(signature.key_parts), tuple(sorted(kwargs)))
         except _Eager:
-            return _RUN_EAGERLY
-        key = (method.__name__, tuple(signature.key_parts), tuple(sorted(kwargs)))
-        with self._lock:
-            function = self._functions.get(key)
-            if function is None:
-                if key not in self._seen or len(self._functions) >= self._max:
-                    if len(self._seen) < 8 * self._max:
-                        self._seen.add(key)
-                    return _RUN_EAGERLY
-                function = self._functions[key] = _Traced(protocol, method, template_args, template_kwargs)
-        return function(signature.inputs)
+            pass
+        function = None
+        if key is not None:
+            with self._lock:
+                function = self._functions.get(key)
+                calls, spent = self._spent.get(key, (0, 0.0))
+                if function is None and calls >= self._calls and spent >= self._trace_after:
+                    if len(self._functions) < self._max:
+                        function = self._functions[key] = _Traced(protocol, method, template_args, template_kwargs)
+        if function is not None:
+            return function(signature.inputs)
+        start = time.perf_counter()
+        _STATE.inside = True
+        try:
+            result = method(protocol, *args, **kwargs)
+        finally:
+            _STATE.inside = False
+        if key is not None and self._max > 0:
+            with self._lock:
+                if key in self._spent or len(self._spent) < 8 * self._max:
+                    calls, spent = self._spent.get(key, (0, 0.0))
+                    self._spent[key] = (calls + 1, spent + time.perf_counter() - start)
+        return result
 
 
 class _Traced:
@@ -244,14 +272,7 @@ def traced_when_eager(method: Callable) -> Callable:
     def wrapper(self, *args, **kwargs):
         if not tf.executing_eagerly() or getattr(_STATE, "inside", False) or not _traceable(self):
             return method(self, *args, **kwargs)
-        result = self._eager_functions.call(self, method, args, kwargs)
-        if result is not _RUN_EAGERLY:
-            return result
-        _STATE.inside = True
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            _STATE.inside = False
+        return self._eager_functions.call(self, method, args, kwargs)
 
     return wrapper
 

@@ -9,6 +9,7 @@ import tensorflow as tf
 import tfe_lite
 from tfe_lite.protocols import Pond, PrecomputedDealer
 from tfe_lite.protocols.pond import TripleSpec
+from tfe_lite.protocols.pond.eager import EagerFunctions
 
 # One product and its truncation: a few units of 2**-16 (see Pond's docstring).
 TOL = 4 * 2.0**-16
@@ -26,7 +27,32 @@ def _canonical(device: str) -> tuple:
 
 @pytest.fixture
 def fresh(config):
-    return Pond(config, seed=77)
+    """A protocol that traces a signature on its second call (by default after three eager calls of 0.1 s in
+    all)."""
+    prot = Pond(config, seed=77)
+    prot._eager_functions = EagerFunctions(trace_after=0.0, calls=1)
+    return prot
+
+
+def test_cheap_or_one_off_calls_stay_eager(config):
+    prot = Pond(config, seed=78)  # the default budget: three eager calls of 0.1 s in all per signature
+    x = prot.share(np.ones(3), "alice")
+    for n in range(1, 6):
+        y = prot.share(np.ones(n), "bob")  # one-off shapes
+        x = x + 1.0  # a cheap call, five times
+    assert _functions(prot) == 0
+    slow = Pond(config, seed=79)
+    slow._eager_functions = EagerFunctions(trace_after=3600.0, calls=1)
+    for _ in range(5):
+        slow.share(np.ones(3), "alice")
+    assert _functions(slow) == 0
+    np.testing.assert_allclose(x.reveal(to="alice").numpy(), np.full(3, 6.0), atol=TOL)
+    np.testing.assert_allclose(y.reveal(to="alice").numpy(), np.ones(5), atol=TOL)
+    counted = Pond(config, seed=80)
+    counted._eager_functions = EagerFunctions(trace_after=0.0)  # the default count: three eager calls
+    for call in range(1, 6):
+        counted.share(np.ones(3), "alice")
+        assert _functions(counted) == (1 if call > 3 else 0)
 
 
 def test_first_call_eager_then_traced_and_reused(config, fresh):
