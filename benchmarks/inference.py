@@ -14,12 +14,14 @@ Timings are medians of interleaved repetitions, so every case sees the same mach
   client's sharing and the reveal. Separate functions add a call's overhead each, so the parts sum to more
   than the end-to-end time at batch 1;
 * bytes per image: measured by the protocol's traffic counters, against the theory of the protocol's
-  docstrings: between the servers 16 (|x| + |w|) per Beaver product, 130 per compared element and 32 per
-  selected element (relu, each tournament pair of max pooling); the client sends 8 per input element and a
-  32-byte seed, receives 16 per output element;
+  docstrings: between the servers 16 (|x| + |w|) per Beaver product and, per comparison of ``n`` elements
+  with its fused product (relu, each tournament level of max pooling),
+  ``2 * comparison.server_bytes(n, K, product=True) = 32 n + 16 ceil(n / 64) (rows + 1)`` (about 53 bytes
+  per element); the client sends 8 per input element and a 32-byte seed, receives 16 per output element;
 * rounds: the longest chain of messages in the traced graph (the producer's, which do not depend on the
-  data and an offline dealer makes ahead, left out), against the theory: 1 per Beaver product, 7 + 1 per
-  relu, (7 + 1) per tournament level of a pooling, 1 to share, 1 to reveal.
+  data and an offline dealer makes ahead, left out), against the theory: 1 per Beaver product, 7 per relu,
+  7 per tournament level of a pooling (over the columns of each window, then its rows), 1 to share, 1 to
+  reveal.
 
 Targets (issue 10): at most 0.33x CrypTen 0.4.1 in one process on this kind of machine, that is 22 ms at
 batch 1 and 180 ms at batch 64.
@@ -39,7 +41,6 @@ from _cli import positive_int  # noqa: E402
 
 CRYPTEN_MS = {1: 66.0, 64: 548.0}  # CrypTen 0.4.1, one process, this kind of machine (issue 10)
 TARGET = 0.33
-COMPARISON_BYTES, SELECT_BYTES, COMPARISON_ROUNDS = 130, 32, 7
 
 
 def lenet():
@@ -73,24 +74,30 @@ def category(layer) -> str:
     return "linear layers"
 
 
-def theory(layer, in_shape, out_shape) -> tuple[int, int]:
+def theory(layer, in_shape, out_shape, prot) -> tuple[int, int]:
     """(bytes between the servers, rounds) of one private layer in LeNet, from the protocol's docstrings."""
     from tfe_lite import keras_layers as kl
+    from tfe_lite.protocols.pond import comparison
+
+    k = prot.fixedpoint.int_bits + prot.fixedpoint.frac_bits + 1
+    rounds = 2 + len(comparison.and_levels(k))  # one comparison, its product fused in
+
+    def compare(n: int) -> int:
+        return 2 * comparison.server_bytes(n, k, product=True)
 
     n_out = math.prod(out_shape)
     if isinstance(layer, (kl.PrivateConv2D, kl.PrivateDense)):
         weights = sum(math.prod(layer._shares[name][0].shape) for name in ("kernel",))
         return 16 * (math.prod(in_shape) + weights), 1
-    if isinstance(layer, kl.PrivateMaxPooling2D):
-        window = math.prod(layer.pool_size)
-        pairs, levels, remaining = 0, 0, window
-        while remaining > 1:
-            pairs += remaining // 2
-            remaining = remaining - remaining // 2
-            levels += 1
-        return n_out * pairs * (COMPARISON_BYTES + SELECT_BYTES), levels * (COMPARISON_ROUNDS + 1)
+    if isinstance(layer, kl.PrivateMaxPooling2D):  # tiled windows: a tournament over columns, then rows
+        total, levels = 0, 0
+        for size, copies in ((layer.pool_size[1], layer.pool_size[0]), (layer.pool_size[0], 1)):
+            while size > 1:
+                total += compare(n_out * copies * (size // 2))
+                size, levels = size - size // 2, levels + 1
+        return total, levels * rounds
     if category(layer) == "comparisons":
-        return n_out * (COMPARISON_BYTES + SELECT_BYTES), COMPARISON_ROUNDS + 1
+        return compare(n_out), rounds
     return 0, 0
 
 
@@ -178,7 +185,7 @@ def bench(batch: int, repeats: int, config, offline: bool) -> None:
     server_bytes = sum(n for (src, dst), n in log.by_link().items() if {src, dst} == {"server0", "server1"})
     producer_bytes = sum(n for (src, _), n in log.by_link().items() if src == "crypto-producer")
     client_bytes = sum(n for (src, dst), n in log.by_link().items() if "client" in (src, dst))
-    layer_theory = [theory(layer, i, o) for layer, i, o in shapes]
+    layer_theory = [theory(layer, i, o, prot) for layer, i, o in shapes]
     server_theory = sum(b for b, _ in layer_theory)
     client_theory = 8 * x.size + 32 + 16 * out.size
     rounds_theory = 1 + sum(r for _, r in layer_theory) + 1

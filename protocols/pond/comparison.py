@@ -3,34 +3,51 @@
 ``msb(x)`` computes a sharing of the most significant bit of ``x`` (an additively shared element of
 Z/2^64), that is ``[x < 0]`` for the signed reading, exactly: no failure probability for any input.
 
-Steps (``n`` elements; the producer's correlated randomness comes through the dealer, online or precomputed):
+The binary part runs on *bit planes* (:func:`tfe_lite.ring.bit_slice`): plane ``j`` holds bit ``j`` of 64
+elements per int64 word, so one word operation serves 64 elements and a circuit over bit positions is a
+circuit over rows of planes. ``n`` elements make ``W = ceil(n / 64)`` words per plane. The borrow runs on
+``K`` bit positions: ``K = 63`` for any ring element, or ``K`` = ``magnitude_bits`` when the caller
+guarantees ``|x| < 2**K`` (see :func:`msb`; ``K = int_bits + frac_bits + 1 = 29`` for comparisons of
+encodable values and their differences with the default preset).
+
+Steps (the producer's correlated randomness comes through the dealer, online or precomputed):
 
 1. Mask (1 round, 16n bytes). The producer deals an *edaBit*: additive shares of a uniform ``r`` and XOR
-   shares of its 64 bits. Each server sends ``x_i + r_i``: both learn ``m = x + r``, uniform whatever ``x``.
-2. Borrow. ``x = m - r``, so ``msb(x) = m_63 xor r_63 xor [m' < r']`` with ``m'``, ``r'`` the low 63 bits.
-   ``m'`` is public, ``r'`` XOR-shared, so per bit ``g = r & ~m`` ("r is larger here") and ``p = ~(r xor m)``
-   ("equal here") are XOR shares computed locally.
-3. Prefix (6 rounds, 272n bytes). A parallel-prefix (Kogge-Stone) combination
-   ``(g, p) <- (g xor (p & (g << s)), p & (p << s))`` for ``s = 1, 2, 4, ..., 32`` over 64-bit words leaves
-   ``[r' > m']`` in bit 62 of ``g``. Each AND of XOR-shared words uses a binary Beaver triple: open
-   ``e = x xor a``, ``d = y xor b`` (uniform); ``z = c xor (e & b) xor (d & a) xor (e & d)``. Both ANDs of a
-   level share ``x = p``, so ``e`` is opened once for both (3 words per level, 2 in the last: 17 words).
-4. To arithmetic (1 round, 2n bytes). The bit ``b`` (XOR-shared) is opened masked by a *daBit* ``s`` (XOR
-   and additive shares of one random bit): ``t = b xor s`` is uniform; then ``b = t + s - 2 t s`` locally.
+   shares of its ``K + 1`` low bit planes. Each server sends ``x_i + r_i`` (server0 also adds ``2**K`` in
+   the bounded case): both learn ``m = x (+ 2**K) + r``, uniform whatever ``x``, and slice its planes.
+2. Borrow. ``x (+ 2**K) = m - r``, so its bit ``K`` is ``m_K xor r_K xor [m' < r']`` with ``m'``, ``r'``
+   the ``K`` low bits (full ring: ``K = 63`` and bit 63 is the sign; bounded: the sign is ``1 xor`` bit
+   ``K``). Per position ``g = r & ~m`` ("r is larger here") and ``p = ~(r xor m)`` ("equal here") are XOR
+   shares computed locally, since ``m`` is public.
+3. Carry tree (``ceil(log2 K)`` rounds). Adjacent groups of positions ``(lo, hi)`` combine to
+   ``(g_hi xor (p_hi & g_lo), p_hi & p_lo)``; an odd top group passes on unopposed, and the group holding
+   position 0 never needs its ``p``, so the last level ANDs ``g`` only. What remains is ``[r' > m']``.
+   Each AND of XOR-shared words uses a binary Beaver triple: open ``e = x xor a``, ``d = y xor b``
+   (uniform); ``z = c xor (e & b) xor (d & a) xor (e & d)``. Both ANDs of a pair share ``x = p_hi``, opened
+   once: a level of ``h > 1`` pairs opens ``3h`` plane rows, the last one 2. ``K = 29``: 14, 7, 4, 2, 1
+   pairs, 83 rows; ``K = 63``: 31, 16, 8, 4, 2, 1 pairs, 185 rows.
+4. To arithmetic (1 round, one plane). The answer plane ``b`` (XOR-shared) is opened masked by a *daBit*
+   plane ``s`` (XOR shares of a uniform plane and additive shares of each of its bits): ``t = b xor s`` is
+   uniform; then ``b = t + s - 2 t s`` per element, locally.
 
-In all 8 rounds and ``16 + 272 + 2 = 290`` bytes per element between the servers; the producer sends
-``8 (edaBit) + 11 * 8 (AND triples) + 8 (daBit)`` = 104 bytes per element and 32 bytes of seed per server
-and dealt tensor. That is the full-ring version (checked mode uses it: it must judge any ring element).
+A product with the bit (``msb(x, times=f)``: relu, the tournaments of max pooling) is fused in: the daBit
+comes with a uniform additive mask ``u`` and additive shares of ``s * u`` (kind ``dabit_mul``), ``e = f - u``
+is opened in the first round beside the mask (16 bytes per element, uniform), and
+``b f = t f + (1 - 2t) (e s + s u)`` is local: no extra round, and half a Beaver product's traffic.
 
-Bounded version (``magnitude_bits = K <= 31``, used for every comparison of encodable values and their
-differences, ``K = int_bits + frac_bits + 1``): the caller guarantees ``|x| < 2**K``; server0 adds ``2**K``
-before masking, so ``msb(x) = 1 xor bit_K(x + 2**K)``, and the borrow comparison runs on the ``K`` low bits
-only, two elements per 64-bit word (lanes of 32 bits; shifted bits never cross a lane). For ``K = 29``
-(default preset): 7 rounds, ``16 + 14 * 16 / 2 + 2 = 130`` bytes per element between the servers.
+Cost between the servers: ``16 n + 16 W (rows + 1)`` bytes (:func:`server_bytes`), ``2 + ceil(log2 K)``
+rounds. Per element (``n`` a multiple of 64): ``16 + 16 * 84 / 64 = 37`` bytes in 7 rounds for
+``K = 29``; ``16 + 16 * 186 / 64 = 62.5`` bytes in 8 rounds for the full ring (checked mode). The producer
+sends each server a 32-byte seed per dealt tensor, and server1 the parts it cannot expand: ``8 (K + 1) W``
+bytes (edaBit planes), ``8 W`` per AND output row (``2h`` rows at a level of ``h > 1`` pairs, 1 at the
+last) and ``8 n`` (the daBit's additive bits; ``16 n`` with a product): 18.6 bytes per element for
+``K = 29`` (26.6 with a product).
 
 Semi-honest security, one corrupted player of three: a server sees only its shares, ``m`` (uniform, since
-``r`` is uniform and unknown to it), the opened ``e, d`` of each AND (uniform, masked by triple values it
-does not know) and ``t`` (uniform, masked by ``s``); the producer sees nothing but its own seeds.
+``r`` is uniform and unknown to it), the opened ``e, d`` of each AND (uniform, masked by fresh triple words
+it does not know), ``t`` (uniform, masked by the daBit plane) and, with a product, ``e = f - u`` (uniform,
+masked by ``u``); the lanes past the last element in a
+plane's last word are masked alike. The producer receives nothing.
 """
 
 from __future__ import annotations
@@ -38,19 +55,16 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfe_lite import ring
+
+from tfe_lite.errors import ShapeError
+
 from .dealer import TripleSpec
 from .tensors import PrivateTensor
 
-_BIT = np.int64(1)
 
-
-def _shift_right(x: tf.Tensor, bits: int) -> tf.Tensor:
-    """Logical right shift of int64 words."""
-    return tf.bitcast(tf.bitwise.right_shift(tf.bitcast(x, tf.uint64), np.uint64(bits)), tf.int64)
-
-
-def _open(prot, parts, what: str, dtype=tf.int64):
-    """Both servers learn the XOR (``dtype`` other than int64: a small word) or the sum of two parts."""
+def _open(prot, parts, what: str):
+    """Both servers learn the XOR (``what`` starting with "xor") or the sum of two parts."""
     s0, s1 = prot.server0, prot.server1
     at0 = prot.channel.send(parts[1], s1, s0, what)
     at1 = prot.channel.send(parts[0], s0, s1, what)
@@ -83,97 +97,124 @@ def _and(prot, x: tuple, y: tuple) -> tuple:
     return z0, z1
 
 
-def _pack(words: tf.Tensor, lanes: int, n: int) -> tf.Tensor:
-    """Flattened ``[n]`` words (each < 2**32 when ``lanes == 2``) as ``[ceil(n / lanes)]`` words: element
-    ``i`` in the low half of word ``i`` and element ``h + i`` in its high half (``h = ceil(n / 2)``)."""
-    if lanes == 1:
-        return words
-    half = (n + 1) // 2
-    padded = tf.pad(words, [[0, 2 * half - n]])
-    return tf.bitwise.bitwise_or(padded[:half], tf.bitwise.left_shift(padded[half:], np.int64(32)))
+def and_levels(bits: int) -> list[int]:
+    """Pairs combined at each AND level of the carry tree over ``bits`` bit positions."""
+    levels, rows = [], bits
+    while rows > 1:
+        levels.append(rows // 2)
+        rows = rows // 2 + rows % 2
+    return levels
 
 
-def _unpack_bit(words: tf.Tensor, position: int, lanes: int, n: int) -> tf.Tensor:
-    """Bit ``position`` of each lane, back in element order (``[n]``)."""
-    bits = [tf.bitwise.bitwise_and(_shift_right(words, position + 32 * lane), _BIT) for lane in range(lanes)]
-    return tf.concat(bits, axis=0)[:n]
+def opened_plane_words(bits: int) -> int:
+    """Words per 64 elements that each server sends in the AND levels and the daBit opening."""
+    return sum(3 * h if h > 1 else 2 for h in and_levels(bits)) + 1
 
 
-def msb(prot, x: PrivateTensor, magnitude_bits: int | None = None) -> PrivateTensor:
+def bounded_bits(magnitude_bits: int | None) -> tuple[int, bool]:
+    """(bit positions of the borrow comparison, whether the bounded version serves) for ``magnitude_bits``."""
+    if magnitude_bits is not None and magnitude_bits <= 62:
+        return int(magnitude_bits), True
+    return 63, False
+
+
+def server_bytes(n: int, magnitude_bits: int | None = None, product: bool = False) -> int:
+    """Bytes each server sends to the other for :func:`msb` of ``n`` elements (the same both ways), with a
+    fused product (``times``) or without."""
+    bits, _ = bounded_bits(magnitude_bits)
+    return 8 * n * (2 if product else 1) + 8 * ring.plane_words(n) * opened_plane_words(bits)
+
+
+def msb(prot, x: PrivateTensor, magnitude_bits: int | None = None, times: PrivateTensor | None = None):
     """Additive shares of the raw bit ``[x < 0]`` (0 or 1, not fixed-point encoded), exactly.
 
-    With ``magnitude_bits = K`` (``K <= 31``) the caller guarantees ``|x| < 2**K`` (true for in-range values
+    With ``magnitude_bits = K`` (``K <= 62``) the caller guarantees ``|x| < 2**K`` (true for in-range values
     and their differences): then ``x + 2**K`` is non-negative below ``2**(K+1)``, its bit ``K`` is the
-    answer, and the borrow comparison runs on ``K`` bits only, two elements packed per 64-bit word
-    (``ceil(log2 K)`` AND rounds: 14 opened words per 2 elements for ``K = 29``, 130 bytes per element
-    instead of 290). Without it every ring element is handled (checked mode)."""
+    answer, and the borrow comparison runs on ``K`` bit positions (``ceil(log2 K)`` AND rounds). Without it
+    every ring element is handled (63 positions; checked mode).
+
+    With ``times`` (a private tensor of ``x``'s shape) returns ``(bit, bit * times)``, the product exact and
+    in no extra round (see :func:`_to_arithmetic`)."""
     shape = tuple(x.shape)
-    n = int(np.prod(shape, dtype=np.int64))
     s0, s1 = prot.server0, prot.server1
     band, bxor, bnot = tf.bitwise.bitwise_and, tf.bitwise.bitwise_xor, tf.bitwise.invert
-    bounded = magnitude_bits is not None and magnitude_bits <= 31
-    bits, lanes = (magnitude_bits, 2) if bounded else (63, 1)
-    mask = np.int64((1 << bits) - 1)
-    r = prot.dealer.triple(TripleSpec("edabit", shape))
+    bits, bounded = bounded_bits(magnitude_bits)
+    if times is not None and tuple(times.shape) != shape:
+        raise ShapeError(f"msb: `times` must have the shape of `x` {list(shape)}. Received: times.shape={list(times.shape)}")
+    r = prot.dealer.triple(TripleSpec("edabit", shape, bits=bits + 1))
+    if times is None:
+        dabit, e_on = prot.dealer.triple(TripleSpec("dabit", shape)), None
+    else:  # e = times - b goes with the mask, in the first round
+        dabit = prot.dealer.triple(TripleSpec("dabit_mul", shape, shape))
+        with tf.device(s0.device):
+            e0 = times.share0 - dabit.b0
+        with tf.device(s1.device):
+            e1 = times.share1 - dabit.b1
+        e_on = _open(prot, (e0, e1), "open_e")
     with tf.device(s0.device):
         m0 = x.share0 + r.a0 + (np.int64(1) << np.int64(bits) if bounded else np.int64(0))
     with tf.device(s1.device):
         m1 = x.share1 + r.a1
     m_on = _open(prot, (m0, m1), "open_mask")
-    g, p = [], []
-    for i, (server, rbits) in enumerate(((s0, r.c0), (s1, r.c1))):
+    g, p, top = [], [], []
+    for i, (server, planes) in enumerate(((s0, r.c0), (s1, r.c1))):
         with tf.device(server.device):
-            m_low = band(tf.reshape(m_on[i], [-1]), mask)
-            r_low = band(tf.reshape(rbits, [-1]), mask)
-            g.append(_pack(band(r_low, bnot(m_low)), lanes, n))
-            p.append(_pack(band(bxor(bnot(m_low), r_low), mask) if i == 0 else r_low, lanes, n))
-    shift = 1
-    while shift < bits:
-        last = 2 * shift >= bits
-        # With two lanes, bits shifted out of the low lane must not enter the high one.
-        keep = np.int64(~(((1 << shift) - 1) << 32)) if lanes == 2 else np.int64(-1)
-        lhs = [g] + ([] if last else [p])
-        shifted = []
+            m = ring.bit_slice(m_on[i], bits + 1)  # public: both servers slice their copy
+            not_m, r_low = bnot(m[:bits]), planes[:bits]
+            g.append(band(r_low, not_m))  # r & ~m: "r is larger at this position"
+            p.append(bxor(r_low, not_m) if i == 0 else r_low)  # ~(r ^ m): "equal at this position"
+            answer = bxor(planes[bits], m[bits]) if i == 0 else planes[bits]  # m_K ^ r_K (^ borrow below)
+            top.append(bnot(answer) if i == 0 and bounded else answer)  # bounded: msb = 1 ^ bit K
+    rows = bits
+    while rows > 1:
+        h = rows // 2
+        # Pair (2j, 2j + 1) -> (g_hi ^ (p_hi & g_lo), p_hi & p_lo); the lowest pair's p is never read, so
+        # the last level (one pair) ANDs g only. p_hi is opened once for both rows.
+        lhs, rhs, g_hi = [], [], []
         for i, server in enumerate((s0, s1)):
             with tf.device(server.device):
-                moved = [band(tf.bitwise.left_shift(w[i], np.int64(shift)), keep) for w in lhs]
-                shifted.append(tf.stack(moved))
-        # p & (g << s) and p & (p << s) in one AND: p is opened once for both rows.
-        products = _and(prot, (p[0], p[1]), (shifted[0], shifted[1]))
+                (g_lo, g_high), (p_lo, p_hi) = ring.deinterleave(g[i], 0, h), ring.deinterleave(p[i], 0, h)
+                lhs.append(p_hi)
+                rhs.append(g_lo if h == 1 else tf.stack([g_lo, p_lo]))
+                g_hi.append(g_high)
+        products = _and(prot, tuple(lhs), tuple(rhs))
         for i, server in enumerate((s0, s1)):
             with tf.device(server.device):
-                g[i] = bxor(g[i], products[i][0])
-                if not last:
-                    p[i] = products[i][1]
-        shift *= 2
-    out = []
-    for i, (server, rbits) in enumerate(((s0, r.c0), (s1, r.c1))):
+                carried = bxor(g_hi[i], products[i] if h == 1 else products[i][0])
+                pass_on = products[i][1] if h > 1 else lhs[i]  # (h == 1: the lowest pair's p, never read)
+                g[i] = tf.concat([carried, g[i][2 * h:]], axis=0)
+                p[i] = tf.concat([pass_on, p[i][2 * h:]], axis=0)
+        rows = h + rows % 2
+    bit = []
+    for i, server in enumerate((s0, s1)):
         with tf.device(server.device):
-            borrow = _unpack_bit(g[i], bits - 1, lanes, n)
-            bit = bxor(borrow, band(_shift_right(tf.reshape(rbits, [-1]), bits), _BIT))
-            if i == 0:
-                top = band(_shift_right(tf.reshape(m_on[0], [-1]), bits), _BIT)
-                bit = bxor(bit, bxor(top, _BIT) if bounded else top)
-            out.append(tf.reshape(bit, shape))
-    return _to_arithmetic(prot, out)
+            bit.append(bxor(g[i][0], top[i]))
+    return _to_arithmetic(prot, bit, shape, dabit, times, e_on)
 
 
-def _to_arithmetic(prot, bits) -> PrivateTensor:
-    """Additive shares of a bit given as XOR shares (0/1 int64 per server), with a daBit."""
-    s = prot.dealer.triple(TripleSpec("dabit", tuple(bits[0].shape)))
+def _to_arithmetic(prot, plane, shape: tuple, s, times=None, e_on=None):
+    """Additive shares (0/1 int64 of ``shape``) of the bits ``b`` of one XOR-shared bit plane, with the daBit
+    plane ``s``: open ``t = b xor s``; ``b = t + s - 2 t s``. With ``times = f`` (and ``e = f - m`` opened
+    for the daBit's mask ``m``) also ``b f = t f + (1 - 2t) s f`` with ``s f = e s + s m``, all local."""
+    n = int(np.prod(shape, dtype=np.int64))
     s0, s1 = prot.server0, prot.server1
     masked = []
-    for server, bit, sbit in ((s0, bits[0], s.a0), (s1, bits[1], s.a1)):
+    for server, word, sbit in ((s0, plane[0], s.a0), (s1, plane[1], s.a1)):
         with tf.device(server.device):
-            masked.append(tf.cast(tf.bitwise.bitwise_xor(bit, sbit), tf.uint8))
+            masked.append(tf.bitwise.bitwise_xor(word, sbit))
     t_on = _open(prot, masked, "xor_bit")
-    out = []
+    bits, products = [], []
     for i, (server, share) in enumerate(((s0, s.c0), (s1, s.c1))):
         with tf.device(server.device):
-            t = tf.cast(t_on[i], tf.int64)
-            value = share * (1 - 2 * t)
-            out.append(value + t if i == 0 else value)
-    return PrivateTensor(prot, *out)
+            t = tf.reshape(ring.bit_unslice(t_on[i], n), shape)
+            flip = 1 - 2 * t
+            s_bit = share if times is None else share[0]
+            value = s_bit * flip
+            bits.append(value + t if i == 0 else value)
+            if times is not None:
+                products.append(t * times.shares[i] + flip * (e_on[i] * share[0] + share[1]))
+    bit = PrivateTensor(prot, *bits)
+    return bit if times is None else (bit, PrivateTensor(prot, *products))
 
 
 def out_of_range_count(prot, z: PrivateTensor) -> tuple[tf.Tensor, tf.Tensor]:

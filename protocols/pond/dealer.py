@@ -12,9 +12,18 @@ op           a, b                         c                           used by
 ``conv2d``   additive shares              ``conv2d(a, b)``, additive  private ``conv2d``
 ``square``   ``a`` additive (no ``b``)    ``a * a``, additive         ``square``
 ``and``      XOR shares of 64-bit words   ``a & b``, XOR shares       binary circuits
-``edabit``   ``a`` additive (no ``b``)    the bits of ``a``, XOR      comparisons (a mask ``r``)
-``dabit``    a bit, XOR shares (no ``b``) the same bit, additive      binary -> arithmetic
+``edabit``   ``a`` additive (no ``b``)    bit planes of ``a``, XOR    comparisons (a mask ``r``)
+``dabit``    a bit plane, XOR (no ``b``)  its bits, additive          binary -> arithmetic
+``dabit_mul`` a bit plane, XOR; ``b``     its bits ``s`` and          a bit times a value
+             additive                     ``s * b``, additive
 ============ ============================ =========================== ==========================
+
+Bit planes (:func:`tfe_lite.ring.bit_slice`) hold one bit of 64 elements per word. An ``edabit`` spec of
+``shape_a`` and ``bits = B`` deals a uniform ring tensor ``a`` of ``shape_a`` and XOR shares of its ``B``
+low bit planes (``[B, ceil(n / 64)]`` for ``n`` elements). A ``dabit`` spec of ``shape_a`` deals one uniform
+plane ``[ceil(n / 64)]`` in XOR shares and, as ``c``, additive shares of its ``n`` bits (0/1, ``shape_a``).
+A ``dabit_mul`` spec (``shape_b == shape_a``) also deals a uniform additive ``b`` and gives as ``c`` the
+stack ``[s, s * b]`` (``[2, *shape_a]``) of the bits ``s`` and their products with ``b``.
 
 * :class:`OnlineDealer`: the crypto producer makes each triple when it is needed.
 * :class:`PrecomputedDealer`: the producer makes triples ahead of time (the offline phase); the online
@@ -67,8 +76,18 @@ class _Kind:
     f: Callable
     c_shape: Callable
     has_b: bool = True
-    ab: str = "add"  # "add": additive shares; "xor": XOR shares of words; "bit": XOR shares of one bit
+    ab: str = "add"  # "add": additive shares; "xor": XOR shares of words; "mixed": a XOR, b additive
     c: str = "add"  # "add" or "xor"
+    a_shape: Callable = lambda s: s.shape_a  # the shape of ``a`` (of its bit plane, for a daBit)
+    bits: bool = False  # whether the spec takes ``bits``
+
+    @property
+    def ab_a(self) -> str:
+        return "xor" if self.ab == "mixed" else self.ab
+
+    @property
+    def ab_b(self) -> str:
+        return "add" if self.ab == "mixed" else self.ab
 
 
 #: The kinds of correlated randomness a dealer makes, by ``TripleSpec.op``.
@@ -78,9 +97,22 @@ KINDS: dict[str, _Kind] = {
     "conv2d": _Kind(lambda s, a, b: ring.conv2d(a, b, s.strides, s.padding), _conv_shape),
     "square": _Kind(lambda s, a, b: a * a, lambda s: s.shape_a, has_b=False),
     "and": _Kind(lambda s, a, b: tf.bitwise.bitwise_and(a, b), _broadcast_shape, ab="xor", c="xor"),
-    "edabit": _Kind(lambda s, a, b: a, lambda s: s.shape_a, has_b=False, c="xor"),
-    "dabit": _Kind(lambda s, a, b: a, lambda s: s.shape_a, has_b=False, ab="bit"),
+    "edabit": _Kind(lambda s, a, b: ring.bit_slice(a, s.bits), lambda s: (s.bits, ring.plane_words(_size(s))),
+                    has_b=False, c="xor", bits=True),
+    "dabit": _Kind(lambda s, a, b: tf.reshape(ring.bit_unslice(a, _size(s)), s.shape_a), lambda s: s.shape_a,
+                   has_b=False, ab="xor", a_shape=lambda s: (ring.plane_words(_size(s)),)),
+    "dabit_mul": _Kind(lambda s, a, b: _dabit_mul(s, a, b), lambda s: (2, *s.shape_a), ab="mixed",
+                       a_shape=lambda s: (ring.plane_words(_size(s)),)),
 }
+
+
+def _dabit_mul(spec, plane, b) -> tf.Tensor:
+    bits = tf.reshape(ring.bit_unslice(plane, _size(spec)), spec.shape_a)
+    return tf.stack([bits, bits * b])
+
+
+def _size(spec) -> int:
+    return int(np.prod(spec.shape_a, dtype=np.int64))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +124,7 @@ class TripleSpec:
     shape_b: tuple | None = None
     strides: tuple = (1, 1)
     padding: str = "VALID"
+    bits: int | None = None  # ``edabit``: how many low bit planes of ``a`` are dealt
 
     def __post_init__(self):
         if self.op not in KINDS:
@@ -102,10 +135,21 @@ class TripleSpec:
                 raise ConfigError(f"Received an invalid value for `{name}`, expected a fully known shape. Received: {name}={shape!r}")
         if (self.shape_b is not None) != KINDS[self.op].has_b:
             raise ConfigError(f"A {self.op!r} spec {'needs' if KINDS[self.op].has_b else 'takes no'} `shape_b`. Received: shape_b={self.shape_b!r}")
+        if self.op == "dabit_mul" and tuple(self.shape_b) != tuple(self.shape_a):
+            raise ConfigError(f"A 'dabit_mul' spec needs shape_b == shape_a. Received: shape_a={self.shape_a!r}, shape_b={self.shape_b!r}")
+        if KINDS[self.op].bits != (self.bits is not None):
+            raise ConfigError(f"A {self.op!r} spec {'needs' if KINDS[self.op].bits else 'takes no'} `bits`. Received: bits={self.bits!r}")
+        if self.bits is not None and not (isinstance(self.bits, (int, np.integer)) and 1 <= self.bits <= 64):
+            raise ConfigError(f"Received an invalid value for `bits`, expected an integer in [1, 64]. Received: bits={self.bits!r}")
 
     @property
     def kind(self) -> _Kind:
         return KINDS[self.op]
+
+    @property
+    def part_shape_a(self) -> tuple:
+        """The shape of ``a`` (``shape_a``, except for a daBit: its bit plane)."""
+        return tuple(int(d) for d in self.kind.a_shape(self))
 
     @property
     def shape_c(self) -> tuple:
@@ -116,6 +160,8 @@ class TripleSpec:
         return self.kind.f(self, a, b)
 
     def __str__(self) -> str:
+        if self.bits is not None:
+            return f"{self.op}{list(self.shape_a)}[{self.bits} bits]"
         if self.shape_b is None:
             return f"{self.op}{list(self.shape_a)}"
         return f"{self.op}({list(self.shape_a)}, {list(self.shape_b)})"
@@ -133,9 +179,8 @@ class Triple:
     c1: tf.Tensor
 
 
-def _part(sharing: str, seed, shape, stream: int) -> tf.Tensor:
-    values = prg.expand_seed(seed, shape, stream=stream)
-    return tf.bitwise.bitwise_and(values, np.int64(1)) if sharing == "bit" else values
+def _expand(seed, shape, stream: int) -> tf.Tensor:
+    return prg.expand_seed(seed, shape, stream=stream)
 
 
 def _join(sharing: str, x0, x1) -> tf.Tensor:
@@ -179,22 +224,22 @@ class OnlineDealer(TripleSource):
         with tf.device(producer.device):
             stream = prot.streams.stream(producer)
             seed0, seed1 = stream.next_seed(), stream.next_seed()
-            a = _join(kind.ab, _part(kind.ab, seed0, spec.shape_a, _A), _part(kind.ab, seed1, spec.shape_a, _A))
+            a = _join(kind.ab_a, _expand(seed0, spec.part_shape_a, _A), _expand(seed1, spec.part_shape_a, _A))
             b = None
             if kind.has_b:
-                b = _join(kind.ab, _part(kind.ab, seed0, spec.shape_b, _B), _part(kind.ab, seed1, spec.shape_b, _B))
-            c1 = _split_off(kind.c, spec.apply(a, b), prg.expand_seed(seed0, spec.shape_c, stream=_C))
+                b = _join(kind.ab_b, _expand(seed0, spec.shape_b, _B), _expand(seed1, spec.shape_b, _B))
+            c1 = _split_off(kind.c, spec.apply(a, b), _expand(seed0, spec.shape_c, _C))
         send = prot.channel.send
         seed0 = send(seed0, producer, s0, "triple_seed")
         seed1 = send(seed1, producer, s1, "triple_seed")
         c1 = send(c1, producer, s1, "triple_c1")
         with tf.device(s0.device):
-            a0 = _part(kind.ab, seed0, spec.shape_a, _A)
-            b0 = _part(kind.ab, seed0, spec.shape_b, _B) if kind.has_b else None
-            c0 = prg.expand_seed(seed0, spec.shape_c, stream=_C)
+            a0 = _expand(seed0, spec.part_shape_a, _A)
+            b0 = _expand(seed0, spec.shape_b, _B) if kind.has_b else None
+            c0 = _expand(seed0, spec.shape_c, _C)
         with tf.device(s1.device):
-            a1 = _part(kind.ab, seed1, spec.shape_a, _A)
-            b1 = _part(kind.ab, seed1, spec.shape_b, _B) if kind.has_b else None
+            a1 = _expand(seed1, spec.part_shape_a, _A)
+            b1 = _expand(seed1, spec.shape_b, _B) if kind.has_b else None
         return Triple(a0, b0, c0, a1, b1, c1)
 
 
@@ -215,7 +260,7 @@ class _Pool:
     def __init__(self, prot, spec: TripleSpec, op_name: str):
         self.spec, self.op_name = spec, op_name
         kind = spec.kind
-        shapes = {"a": spec.shape_a, "b": spec.shape_b if kind.has_b else None, "c": spec.shape_c}
+        shapes = {"a": spec.part_shape_a, "b": spec.shape_b if kind.has_b else None, "c": spec.shape_c}
         self.parts: dict[str, tf.Variable] = {}
         for server, index in ((prot.server0, "0"), (prot.server1, "1")):
             for name, shape in shapes.items():

@@ -46,7 +46,7 @@ class ComparisonOps:
     @eager_serialized
     def less(self, x, y):
         """Private fixed-point ``[x < y]`` (1.0 or 0.0), exact on the encodings: the sign bit of ``x - y``
-        (one comparison: 7 rounds, 130 bytes per element between the servers with the default preset)."""
+        (one comparison: 7 rounds, about 37 bytes per element between the servers with the default preset)."""
         return self._negative(self._difference(x, y))
 
     @eager_serialized

@@ -1,8 +1,12 @@
 """Comparisons and what is built from them: less, sign, relu (with its derivative mask), maximum, the max and
 argmax of an axis, max pooling. Every one is exact on the fixed-point encodings (no approximation, no failure
-probability): each rests on the sign-bit protocol of :mod:`.comparison` (7 rounds, 130 bytes per compared
-element between the servers) and, where a bit selects a value, one Beaver product of the value with the raw
-bit (1 round, 32 bytes per element; exact, no truncation, since the bit is an integer).
+probability): each rests on the sign-bit protocol of :mod:`.comparison` (7 rounds, about 37 bytes per
+compared element between the servers with the default preset) and, where a bit selects a value, a product of
+the value with the raw bit (exact, no truncation, since the bit is an integer). Relu and the tournaments of
+max, argmax and max pooling fuse that product into the comparison (:func:`.comparison.msb` with ``times``:
+no extra round, 16 bytes per element); other selections are a Beaver product (1 round, 32 bytes per element).
+Max pooling over windows that tile the input (strides equal to the pool size, the usual case) runs its
+tournaments on free reshapes of the input, without extracting windows.
 
 Bits below are *raw*: additive shares of 0 or 1 (not fixed-point encoded). The public functions return
 fixed-point 0/1 (a local multiplication by ``2**frac_bits``).
@@ -20,10 +24,12 @@ from .dealer import TripleSpec
 from .tensors import PrivateTensor
 
 
-def raw_bit_negative(prot, x: PrivateTensor) -> PrivateTensor:
+def raw_bit_negative(prot, x: PrivateTensor, times: PrivateTensor | None = None):
     """Raw shares of ``[x < 0]`` for ``x`` an encodable value or the difference of two (``|x| <
-    2**(int_bits + frac_bits + 1)``), which lets the comparison run on that many bits only."""
-    return comparison.msb(prot, x, magnitude_bits=prot.fixedpoint.int_bits + prot.fixedpoint.frac_bits + 1)
+    2**(int_bits + frac_bits + 1)``), which lets the comparison run on that many bits only. With ``times``
+    (``x``'s shape) returns ``([x < 0], [x < 0] * times)``, the product in the comparison's own rounds."""
+    return comparison.msb(prot, x, magnitude_bits=prot.fixedpoint.int_bits + prot.fixedpoint.frac_bits + 1,
+                          times=times)
 
 
 def bit_times(prot, x: PrivateTensor, bit: PrivateTensor) -> PrivateTensor:
@@ -52,9 +58,9 @@ def select(prot, bit: PrivateTensor, x: PrivateTensor, y: PrivateTensor) -> Priv
 
 
 def relu(prot, x: PrivateTensor) -> tuple[PrivateTensor, PrivateTensor]:
-    """``max(x, 0)`` and the raw mask ``[x >= 0]`` (one comparison, one product)."""
-    mask = one_minus(prot, raw_bit_negative(prot, x))
-    return bit_times(prot, x, mask), mask
+    """``max(x, 0) = x - [x < 0] x`` and the raw mask ``[x >= 0]`` (one comparison, its product fused in)."""
+    negative, product = raw_bit_negative(prot, x, times=x)
+    return linear.add_private_private(prot, x, linear.local(prot, product, tf.negative)), one_minus(prot, negative)
 
 
 def _pairwise(prot, x: PrivateTensor, axis: int, onehot: PrivateTensor | None):
@@ -63,25 +69,33 @@ def _pairwise(prot, x: PrivateTensor, axis: int, onehot: PrivateTensor | None):
     n = x.shape[axis]
     half = n // 2
 
-    def take(start, stop, step=2):
-        def fn(t):
-            index = [slice(None)] * t.shape.rank
-            index[axis] = slice(start, stop, step)
-            return t[tuple(index)]
-        return fn
+    def last(t):
+        index = [slice(None)] * t.shape.rank
+        index[axis] = slice(n - 1, n)
+        return t[tuple(index)]
 
-    left, right = linear.local(prot, x, take(0, 2 * half)), linear.local(prot, x, take(1, 2 * half))
-    right_wins = raw_bit_negative(prot, linear.add_private_private(prot, left, linear.local(prot, right, tf.negative)))
-    value = select(prot, right_wins, right, left)
+    left, right = _split_pairs(prot, x, axis, half)
+    d = linear.add_private_private(prot, left, linear.local(prot, right, tf.negative))
+    right_wins, product = raw_bit_negative(prot, d, times=d)  # [left < right], and that times left - right
+    value = linear.add_private_private(prot, left, linear.local(prot, product, tf.negative))
     if onehot is not None:
         bit = linear.local(prot, right_wins, lambda t: tf.expand_dims(t, -1))
-        onehot_next = select(prot, bit, linear.local(prot, onehot, take(1, 2 * half)),
-                             linear.local(prot, onehot, take(0, 2 * half)))
+        onehot_left, onehot_right = _split_pairs(prot, onehot, axis, half)
+        onehot_next = select(prot, bit, onehot_right, onehot_left)
     if n % 2:
-        value = _concat(prot, [value, linear.local(prot, x, take(n - 1, n, 1))], axis)
+        value = _concat(prot, [value, linear.local(prot, x, last)], axis)
         if onehot is not None:
-            onehot_next = _concat(prot, [onehot_next, linear.local(prot, onehot, take(n - 1, n, 1))], axis)
+            onehot_next = _concat(prot, [onehot_next, linear.local(prot, onehot, last)], axis)
     return value, (onehot_next if onehot is not None else None)
+
+
+def _split_pairs(prot, x: PrivateTensor, axis: int, half: int) -> tuple[PrivateTensor, PrivateTensor]:
+    """Elements ``2i`` and ``2i + 1`` (``i < half``) of ``x`` along ``axis``, each server on its share."""
+    parts = []
+    for server, share in zip((prot.server0, prot.server1), x.shares):
+        with tf.device(server.device):
+            parts.append(ring.deinterleave(share, axis, half))
+    return PrivateTensor(prot, parts[0][0], parts[1][0]), PrivateTensor(prot, parts[0][1], parts[1][1])
 
 
 def _concat(prot, parts, axis):
@@ -135,9 +149,28 @@ def max_pool2d(prot, x: PrivateTensor, pool_size, strides, padding: str) -> Priv
                 out.append(tf.pad(x.shares[i], [(0, 0), *pads, (0, 0)], constant_values=low if i == 0 else 0))
         x = PrivateTensor(prot, *out)
 
+    if tuple(strides) == (kh, kw) and None not in x.shape.as_list():
+        return _max_pool_tiled(prot, x, kh, kw)
+
     def windows(t):
         cols = ring.patches(t, (kh, kw), strides, "VALID")
         return tf.reshape(cols, [-1 if d is None else d for d in cols.shape[:3]] + [kh * kw, channels])
 
     cols = linear.local(prot, x, windows)
     return reduce_max(prot, cols, axis=3)
+
+
+def _max_pool_tiled(prot, x: PrivateTensor, kh: int, kw: int) -> PrivateTensor:
+    """Max pooling of windows that tile the input (strides = pool size, VALID): no window extraction, only
+    free reshapes. A tournament over the ``kw`` columns of each window row, then over its ``kh`` rows
+    (``kh * kw - 1`` comparisons per window, as the window tournament; ``ceil(log2 kw) + ceil(log2 kh)``
+    rounds of them)."""
+    n, h, w, c = x.shape.as_list()
+    oh, ow = h // kh, w // kw
+    if (oh * kh, ow * kw) != (h, w):  # VALID drops the last rows and columns
+        x = linear.local(prot, x, lambda t: t[:, :oh * kh, :ow * kw])
+    rows = linear.local(prot, x, lambda t: tf.reshape(t, [n * oh * kh * ow, kw, c]))
+    rows = reduce_max(prot, rows, axis=1)  # [N * oh * kh * ow, C]: the max of each window row
+    cols = linear.local(prot, rows, lambda t: tf.reshape(t, [n * oh, kh, ow * c]))
+    out = reduce_max(prot, cols, axis=1)
+    return linear.local(prot, out, lambda t: tf.reshape(t, [n, oh, ow, c]))

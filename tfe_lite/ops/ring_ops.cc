@@ -5,10 +5,13 @@
 //                      AVX-512 IFMA kernel and an AMX kernel.
 //   ChaCha20Keystream  the ChaCha20 keystream (RFC 8439 block function) as an int64 tensor.
 //   ChaCha20Normal     standard normals (float32 or float64) from that keystream by Box-Muller, for DP noise.
+//   RingBitSlice       the low bit planes of int64 elements, 64 elements per word (binary circuits).
+//   RingPatches        im2col of NHWC int64 tensors (the ring's convolutions and pooling windows).
 //
 // All are pure functions of their inputs (not stateful) with CPU kernels that shard their work over the
 // device's intra-op worker threads. tfe_lite/ops/__init__.py and tfe_lite/prg.py hold the pure-TensorFlow
-// twins that must give bit-identical results (ChaCha20Normal: equal up to floating-point rounding).
+// twins that must give bit-identical results (ChaCha20Normal: equal up to floating-point rounding;
+// RingBitSlice, RingPatches: tfe_lite/ring.py).
 
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -1042,6 +1045,185 @@ absl::Status ChaCha20NormalShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// RingBitSlice: the low `bits` bit planes of int64 elements, 64 elements per word ("bit slicing", a 64 x
+// bits bit-matrix transpose per block): out[j][w] has bit l equal to bit j of element 64 w + l (0 past the
+// end). Binary circuits over the planes then work on 64 elements per word operation.
+// ---------------------------------------------------------------------------------------------------------
+
+// The `bits` planes of 64 elements x[0..count) (count <= 64), plane j written to out[j * stride].
+void SliceBlock(const int64_t* x, int64_t count, int bits, int64_t stride, int64_t* out) {
+#if defined(__AVX512F__)
+  __m512i v[8];
+  for (int i = 0; i < 8; ++i) {
+    const int64_t left = std::min<int64_t>(std::max<int64_t>(count - 8 * i, 0), 8);
+    const __mmask8 lanes = left >= 8 ? 0xFF : static_cast<__mmask8>((1u << left) - 1);
+    v[i] = _mm512_maskz_loadu_epi64(lanes, x + 8 * i);
+  }
+  for (int j = 0; j < bits; ++j) {
+    const __m512i bit = _mm512_set1_epi64(static_cast<long long>(u64{1} << j));
+    u64 word = 0;
+    for (int i = 0; i < 8; ++i) word |= static_cast<u64>(_mm512_test_epi64_mask(v[i], bit)) << (8 * i);
+    out[j * stride] = static_cast<int64_t>(word);
+  }
+#else
+  for (int j = 0; j < bits; ++j) {
+    u64 word = 0;
+    for (int64_t l = 0; l < count; ++l) word |= ((static_cast<u64>(x[l]) >> j) & 1) << l;
+    out[j * stride] = static_cast<int64_t>(word);
+  }
+#endif
+}
+
+class RingBitSliceOp : public OpKernel {
+ public:
+  explicit RingBitSliceOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("bits", &bits_));
+    OP_REQUIRES(context, bits_ >= 1 && bits_ <= 64,
+                InvalidArgument("RingBitSlice: bits must be in [1, 64], got ", bits_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x_t = context->input(0);
+    const int64_t n = x_t.NumElements();
+    const int64_t words = (n + 63) / 64;
+    Tensor* out_t = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({bits_, words}), &out_t));
+    if (words == 0) return;
+    const int64_t* x = x_t.flat<int64_t>().data();
+    int64_t* out = out_t->flat<int64_t>().data();
+    const int bits = bits_;
+    ParallelFor(context, words, 16 * bits + 32, [&](int64_t begin, int64_t end) {
+      for (int64_t w = begin; w < end; ++w) {
+        SliceBlock(x + 64 * w, std::min<int64_t>(64, n - 64 * w), bits, words, out + w);
+      }
+    });
+  }
+
+ private:
+  int bits_;
+};
+
+absl::Status RingBitSliceShape(InferenceContext* c) {
+  int bits;
+  TF_RETURN_IF_ERROR(c->GetAttr("bits", &bits));
+  DimensionHandle n = c->NumElements(c->input(0));
+  DimensionHandle words = c->UnknownDim();
+  if (c->ValueKnown(n)) words = c->MakeDim((c->Value(n) + 63) / 64);
+  c->set_output(0, c->Matrix(bits, words));
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// RingPatches: im2col of an NHWC int64 tensor, as tf.image.extract_patches (rates 1) and the (kh, kw, C)
+// order of tf.nn.conv2d's filters: out[n, y, x, (i kw + j) C + c] = in[n, y sh + i - top, x sw + j - left, c],
+// 0 outside the input (TensorFlow's SAME padding: top = total / 2 of total = max((out - 1) s + k - size, 0)).
+// Each window row is one contiguous run of kw C input elements, copied with memcpy.
+// ---------------------------------------------------------------------------------------------------------
+
+struct PatchGeometry {
+  int64_t n, h, w, c, kh, kw, sh, sw, out_h, out_w, top, left;
+};
+
+void MakePatchGeometry(int64_t n, int64_t h, int64_t w, int64_t c, const std::vector<int32_t>& ksizes,
+                       const std::vector<int32_t>& strides, const std::string& padding, PatchGeometry* g) {
+  *g = PatchGeometry{n, h, w, c, ksizes[0], ksizes[1], strides[0], strides[1], 0, 0, 0, 0};
+  if (padding == "SAME") {
+    g->out_h = (h + g->sh - 1) / g->sh;
+    g->out_w = (w + g->sw - 1) / g->sw;
+    g->top = std::max<int64_t>((g->out_h - 1) * g->sh + g->kh - h, 0) / 2;
+    g->left = std::max<int64_t>((g->out_w - 1) * g->sw + g->kw - w, 0) / 2;
+  } else {
+    g->out_h = h >= g->kh ? (h - g->kh) / g->sh + 1 : 0;
+    g->out_w = w >= g->kw ? (w - g->kw) / g->sw + 1 : 0;
+  }
+}
+
+// Output rows [begin, end) of the N * out_h rows.
+void PatchRows(const PatchGeometry& g, const int64_t* in, int64_t* out, int64_t begin, int64_t end) {
+  const int64_t depth = g.kh * g.kw * g.c, run = g.kw * g.c;
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t image = r / g.out_h, y = r % g.out_h;
+    for (int64_t x = 0; x < g.out_w; ++x) {
+      int64_t* dst = out + (r * g.out_w + x) * depth;
+      const int64_t col = x * g.sw - g.left;
+      for (int64_t i = 0; i < g.kh; ++i, dst += run) {
+        const int64_t row = y * g.sh + i - g.top;
+        if (row < 0 || row >= g.h) {
+          std::memset(dst, 0, sizeof(int64_t) * run);
+        } else if (col >= 0 && col + g.kw <= g.w) {
+          std::memcpy(dst, in + ((image * g.h + row) * g.w + col) * g.c, sizeof(int64_t) * run);
+        } else {
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t at = col + j;
+            if (at < 0 || at >= g.w) {
+              std::memset(dst + j * g.c, 0, sizeof(int64_t) * g.c);
+            } else {
+              std::memcpy(dst + j * g.c, in + ((image * g.h + row) * g.w + at) * g.c, sizeof(int64_t) * g.c);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+class RingPatchesOp : public OpKernel {
+ public:
+  explicit RingPatchesOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("ksizes", &ksizes_));
+    OP_REQUIRES_OK(context, context->GetAttr("strides", &strides_));
+    OP_REQUIRES_OK(context, context->GetAttr("padding", &padding_));
+    OP_REQUIRES(context, ksizes_.size() == 2 && strides_.size() == 2 && ksizes_[0] > 0 && ksizes_[1] > 0 &&
+                             strides_[0] > 0 && strides_[1] > 0,
+                InvalidArgument("RingPatches: ksizes and strides must be two positive ints each"));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x_t = context->input(0);
+    OP_REQUIRES(context, x_t.dims() == 4,
+                InvalidArgument("RingPatches: x must be NHWC (rank 4), got shape ", x_t.shape().DebugString()));
+    PatchGeometry g;
+    MakePatchGeometry(x_t.dim_size(0), x_t.dim_size(1), x_t.dim_size(2), x_t.dim_size(3), ksizes_, strides_,
+                      padding_, &g);
+    Tensor* out_t = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(
+                                0, TensorShape({g.n, g.out_h, g.out_w, g.kh * g.kw * g.c}), &out_t));
+    if (out_t->NumElements() == 0) return;
+    const int64_t* in = x_t.flat<int64_t>().data();
+    int64_t* out = out_t->flat<int64_t>().data();
+    ParallelFor(context, g.n * g.out_h, g.out_w * g.kh * (g.kw * g.c + 8),
+                [&](int64_t begin, int64_t end) { PatchRows(g, in, out, begin, end); });
+  }
+
+ private:
+  std::vector<int32_t> ksizes_, strides_;
+  std::string padding_;
+};
+
+absl::Status RingPatchesShape(InferenceContext* c) {
+  ShapeHandle x;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+  std::vector<int32_t> ksizes, strides;
+  std::string padding;
+  TF_RETURN_IF_ERROR(c->GetAttr("ksizes", &ksizes));
+  TF_RETURN_IF_ERROR(c->GetAttr("strides", &strides));
+  TF_RETURN_IF_ERROR(c->GetAttr("padding", &padding));
+  if (ksizes.size() != 2 || strides.size() != 2) return InvalidArgument("RingPatches: two ksizes and strides");
+  std::vector<DimensionHandle> dims(4, c->UnknownDim());
+  dims[0] = c->Dim(x, 0);
+  for (int a = 0; a < 2; ++a) {
+    DimensionHandle size = c->Dim(x, 1 + a);
+    if (!c->ValueKnown(size)) continue;
+    const int64_t s = c->Value(size), k = ksizes[a], st = strides[a];
+    dims[1 + a] = c->MakeDim(padding == "SAME" ? (s + st - 1) / st : (s >= k ? (s - k) / st + 1 : 0));
+  }
+  DimensionHandle channels = c->Dim(x, 3);
+  if (c->ValueKnown(channels)) dims[3] = c->MakeDim(c->Value(channels) * ksizes[0] * ksizes[1]);
+  c->set_output(0, c->MakeShape(dims));
+  return absl::OkStatus();
+}
+
 }  // namespace
 }  // namespace tfe_lite
 
@@ -1115,9 +1297,33 @@ on (as ChaCha20Keystream) by the Box-Muller transform: per 64-byte block 16 (flo
 sqrt(summands). The exact mapping of keystream bits to outputs is documented in ring_ops.cc.
 )doc");
 
+REGISTER_OP("RingBitSlice")
+    .Input("x: int64")
+    .Output("planes: int64")
+    .Attr("bits: int >= 1 = 64")
+    .SetShapeFn(tfe_lite::RingBitSliceShape)
+    .Doc(R"doc(
+The low `bits` bit planes of the elements of `x` (flattened), 64 elements per int64 word: planes[j, w] has
+bit l equal to bit j of element 64 w + l (0 past the last element). Shape [bits, ceil(size(x) / 64)].
+)doc");
+
+REGISTER_OP("RingPatches")
+    .Input("x: int64")
+    .Output("patches: int64")
+    .Attr("ksizes: list(int) >= 2")
+    .Attr("strides: list(int) >= 2")
+    .Attr("padding: {'SAME', 'VALID'}")
+    .SetShapeFn(tfe_lite::RingPatchesShape)
+    .Doc(R"doc(
+im2col of an NHWC int64 tensor: [N, H', W', kh * kw * C] in (kh, kw, C) order, as tf.image.extract_patches
+with ksizes [1, kh, kw, 1], strides [1, sh, sw, 1] and rates 1 (`ksizes` = [kh, kw], `strides` = [sh, sw]).
+)doc");
+
 REGISTER_KERNEL_BUILDER(Name("RingMatMul").Device(tensorflow::DEVICE_CPU), tfe_lite::RingMatMulOp);
 REGISTER_KERNEL_BUILDER(Name("ChaCha20Keystream").Device(tensorflow::DEVICE_CPU), tfe_lite::ChaCha20KeystreamOp);
 REGISTER_KERNEL_BUILDER(Name("ChaCha20Normal").Device(tensorflow::DEVICE_CPU).TypeConstraint<float>("dtype"),
                         tfe_lite::ChaCha20NormalOp<float>);
 REGISTER_KERNEL_BUILDER(Name("ChaCha20Normal").Device(tensorflow::DEVICE_CPU).TypeConstraint<double>("dtype"),
                         tfe_lite::ChaCha20NormalOp<double>);
+REGISTER_KERNEL_BUILDER(Name("RingBitSlice").Device(tensorflow::DEVICE_CPU), tfe_lite::RingBitSliceOp);
+REGISTER_KERNEL_BUILDER(Name("RingPatches").Device(tensorflow::DEVICE_CPU), tfe_lite::RingPatchesOp);
