@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tfe_lite.errors import PartyUnavailableError
 from tfe_lite.runtime.cluster import job_name
-from tfe_lite.runtime.wait import describe, probe_all
+from tfe_lite.runtime.wait import NO_ANSWER, describe, probe_all
 
 #: Errors that always mean a player was lost.
 LOST = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError)
@@ -54,7 +54,7 @@ def translate(error: Exception, addresses: Mapping[str, str], *, source: str,
         return None
     alive, unreachable = probe_all(addresses, PROBE_TIMEOUT)
     for name, seconds in (hung or {}).items():
-        if name in unreachable:
+        if unreachable.get(name, "").startswith(NO_ANSWER):
             unreachable[name] = (f"hung: no answer for {seconds:.0f} s, a stopped or frozen process; the driver "
                                  "cut its connections to it")
     restarted = [name for name, inc in alive.items() if incarnations and name in incarnations and incarnations[name] != inc]

@@ -22,6 +22,8 @@ from tfe_lite.errors import PartyUnavailableError
 #: Seconds between two rounds of probes of the players not reached yet.
 INTERVAL = 0.2
 _GET_STATUS = "/tensorflow.WorkerService/GetStatus"
+#: How a probe's reason starts when the port accepted the connection but the server did not answer in time.
+NO_ANSWER = "no answer within"
 
 
 def _incarnations(response: bytes) -> tuple[int, ...]:
@@ -61,7 +63,7 @@ def probe(address: str, timeout: float) -> tuple[tuple[int, ...] | None, str | N
                 detail = error.details() or ""
                 return None, "connection refused: nothing listens there" if "refused" in detail.lower() else f"unavailable: {detail}"
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                return None, f"no answer within {timeout:.1f} s"
+                return None, f"{NO_ANSWER} {timeout:.1f} s"
             return None, f"not a TensorFlow server ({code.name}: {error.details()})"
         except Exception as error:  # noqa: BLE001 - a garbled answer: not a TensorFlow server
             return None, f"not a TensorFlow server ({type(error).__name__})"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Mapping
 
 from tfe_lite.runtime.cluster import split_address
-from tfe_lite.runtime.wait import probe_all
+from tfe_lite.runtime.wait import NO_ANSWER, probe_all
 
 #: Seconds between two status probes of the players while a computation runs.
 INTERVAL = 1.0
@@ -128,7 +128,8 @@ class Watchdog:
             _, silent = probe_all(self.addresses, probe_timeout)
             now = time.monotonic()
             for name in self.addresses:
-                if name not in silent:
+                # A refused connection (a dead player) already fails TensorFlow's calls fast: only silence counts.
+                if not silent.get(name, "").startswith(NO_ANSWER):
                     silent_since.pop(name, None)
                     continue
                 since = silent_since.setdefault(name, started)
