@@ -86,6 +86,9 @@ def serve(config: str, player: str, *, listen_port: int | None = None, stop: thr
 
     import tensorflow as tf
 
+    from tfe_lite.runtime.config import set_grpc_options
+
+    set_grpc_options()  # this player's channels to the others: quick to reach a restarted player again
     job = job_name(player)
     server_def = tf.train.ServerDef(
         cluster=tf.train.ClusterSpec({job: [address]}).as_cluster_def(), job_name=job, task_index=0,

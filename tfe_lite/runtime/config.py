@@ -45,15 +45,16 @@ DEFAULT_TIMEOUT = 30.0
 
 _connect_lock = threading.Lock()
 
-#: gRPC channel settings of TensorFlow's channels in the driver (``TF_GRPC_DEFAULT_OPTIONS``; a value the
-#: user set wins). Each channel gets its own subchannels, and reconnecting backs off at most 1 s: otherwise a
+#: gRPC channel settings of TensorFlow's channels in the driver and in `tfe-lite serve`
+#: (``TF_GRPC_DEFAULT_OPTIONS``; a value the user set wins). Each channel gets its own subchannels, and reconnecting backs off at most 1 s: otherwise a
 #: channel that met a dead player keeps failing fast (``GRPC_FAIL_FAST``) for up to 2 minutes after the
 #: player is back, even through the new channels of a reconnect, which share gRPC's global subchannels.
 GRPC_OPTIONS = {"grpc.use_local_subchannel_pool": "1", "grpc.initial_reconnect_backoff_ms": "100",
                 "grpc.min_reconnect_backoff_ms": "100", "grpc.max_reconnect_backoff_ms": "1000"}
 
 
-def _set_grpc_options() -> None:
+def set_grpc_options() -> None:
+    """Add :data:`GRPC_OPTIONS` to ``TF_GRPC_DEFAULT_OPTIONS`` (before this process makes its first channel)."""
     current = [o for o in os.environ.get("TF_GRPC_DEFAULT_OPTIONS", "").split(",") if o]
     named = {o.split("=", 1)[0] for o in current}
     os.environ["TF_GRPC_DEFAULT_OPTIONS"] = ",".join(current + [f"{k}={v}" for k, v in GRPC_OPTIONS.items() if k not in named])
@@ -146,7 +147,7 @@ class RemoteConfig(Config):
             incarnations = wait_for_players(self.served, self.timeout, source=self.cluster.source)
             # Fail fast: without it a gRPC call to a lost player waits for the player to come back.
             os.environ["GRPC_FAIL_FAST"] = "true"
-            _set_grpc_options()
+            set_grpc_options()
             tf.config.set_soft_device_placement(False)
             spec = self.cluster_spec()
             job = job_name(self.driver) if self.driver else DRIVER_JOB
