@@ -43,12 +43,12 @@ def owners_of(model, x, y) -> dict[str, tuple]:
                                   f"Received: {type(entry).__name__}")
             owners[name] = tuple(entry)
         return owners
-    if x is None or y is None:
-        raise ConfigError(f"Received an invalid value for `{'x' if x is None else 'y'}`: training needs the client's rows "
-                          "and labels (or x={'owner': (rows, labels), ...}).")
     if isinstance(x, (tf.data.Dataset,)) or callable(getattr(x, "__next__", None)):
         raise ConfigError("Received a data set or generator for `x`: private training takes arrays, which are "
                           "secret-shared once from their owner's device (pass numpy arrays).")
+    if x is None or y is None:
+        raise ConfigError(f"Received an invalid value for `{'x' if x is None else 'y'}`: training needs the client's rows "
+                          "and labels (or x={'owner': (rows, labels), ...}).")
     return {model.client.name: (x, y)}
 
 
@@ -66,7 +66,7 @@ def prepare_labels(labels, loss, output_shape, name: str) -> np.ndarray:
         bad = (flat < 0) | (flat >= classes)
         if bad.any():
             index = int(np.argmax(bad))
-            raise ShapeError(f"Received an invalid class label in `{name}`: {name}[{index}] = {flat[index]!r}, expected 0 to {classes - 1}.")
+            raise ShapeError(f"Received an invalid class label in `{name}`: {name}[{index}] = {flat[index].item()!r}, expected 0 to {classes - 1}.")
         values = np.eye(classes)[flat.astype(np.int64)]
     kind = {"categorical": "categorical", "binary": "binary", "regression": "regression"}[loss.kind]
     values = validate_labels(values, kind, name=name)

@@ -83,8 +83,11 @@ class PrivateTraining:
             raise ConfigError("Received `validation_data` with reveal_to=None: validation reveals the outputs on the "
                               "validation rows to the client; compile with a `reveal_to` player to allow it.")
         rows = SharedRows(self, owners_of(self, x, y), plan.loss)
-        # one trace per batch shape; a new one per fit (it reads this fit's shared rows)
-        self._step_function = tf.function(lambda index: plan.step(*rows.gather(index)), autograph=False)
+        # one trace per fit (it reads this fit's shared rows): a last, smaller batch is padded to the batch size
+        self._batch_size = int(batch_size or 32)
+        k = plan.row_weights(1, self._batch_size)[2]
+        self._step_function = tf.function(lambda index, loss_factors, mean_factors: plan.step(
+            *rows.gather(index), loss_factors, mean_factors, k), autograph=False)
         if validation_data is not None:
             # Keras builds its compiled loss and metrics from the first training batch, which here holds row
             # indices and no labels; build them from an example of a row and its label instead, so the client's
@@ -93,6 +96,7 @@ class PrivateTraining:
                        np.zeros((1, *self.private_output_shapes[0]), np.float32) if not plan.loss.sparse else np.zeros((1,), np.int64))
             self._symbolic_build(data_batch=example)
         self._training = True
+        self._last_index_shape = None
         try:
             return super().fit(np.arange(rows.size, dtype=np.int64), None, batch_size=batch_size, epochs=epochs,
                                verbose=verbose, callbacks=callbacks, validation_data=validation_data, shuffle=shuffle,
@@ -101,13 +105,21 @@ class PrivateTraining:
                                validation_freq=validation_freq)
         finally:
             self._training = False
+            if self._last_index_shape is not None:  # the traced step, for placement audits
+                specs = (tf.TensorSpec(self._last_index_shape, tf.int64),) + (tf.TensorSpec(self._last_index_shape, tf.float64),) * 2
+                graph = self._step_function.get_concrete_function(*specs).graph.as_graph_def()
+                object.__setattr__(self, "_last_step_graph", graph)
             self._step_function = None
 
     def train_step(self, data):
-        index = data[0] if isinstance(data, (tuple, list)) else data
+        index = tf.cast(data[0] if isinstance(data, (tuple, list)) else data, tf.int64)
+        n, batch = int(index.shape[0]), self._batch_size
+        if n < batch:  # padding rows (row 0 again) with factor 0: they add nothing
+            index = tf.concat([index, tf.zeros([batch - n], tf.int64)], axis=0)
+        loss_factors, mean_factors, _ = self.plan.row_weights(n, max(batch, n))
         with tf.device(None):
-            logs = self._step_function(tf.cast(index, tf.int64))
-        n = int(index.shape[0])
+            logs = self._step_function(index, tf.constant(loss_factors), tf.constant(mean_factors))
+        self._last_index_shape = index.shape
         for name, value in logs.items():
             self._trackers[name].update_state(value, sample_weight=n)
         return {name: tracker.result() for name, tracker in self._trackers.items()}

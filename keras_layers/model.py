@@ -87,7 +87,7 @@ class PrivateModel(PrivateTraining, keras.Model):
 
     # ----------------------------------------------------------------------------------- forward pass
     def call(self, inputs, training=False):
-        flat = list(inputs) if self._nested_inputs else [inputs]
+        flat = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         if len(flat) != len(self._input_keys):
             raise ShapeError(f"Received {len(flat)} inputs; the model takes {len(self._input_keys)}.")
         if in_symbolic_scope():  # Keras only asks for the output shapes here: nothing is shared

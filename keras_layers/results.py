@@ -32,15 +32,18 @@ _SERVERS = ("server0", "server1")
 
 def _server_variables(model, index: int) -> dict:
     """Server ``index``'s share variables of the private weights and the optimizer's slots, by name."""
+    # keyed by position (layer i, weight name), so a model of the same architecture with other layer names
+    # (Keras numbers them per process) restores the checkpoint
     out = {}
-    for layer in model.private_layers:
+    for i, layer in enumerate(model.private_layers):
         for name in layer.private_weight_names:
-            out[f"{layer.name}/{name}".replace("/", "__")] = tf_variable(layer._shares[name][index])
+            out[f"layer{i}_{name}"] = tf_variable(layer._shares[name][index])
     plan = getattr(model, "plan", None)
     if plan is not None:
-        for _, _, variable in plan.variables:
+        position = {id(layer): i for i, layer in enumerate(model.private_layers)}
+        for layer, name, variable in plan.variables:
             for slot_name, slot in plan.optimizer._slots.get(id(variable), {}).items():
-                out[f"{variable.name}/{slot_name}".replace("/", "__")] = (slot.share0, slot.share1)[index]
+                out[f"layer{position[id(layer)]}_{name}_{slot_name}"] = (slot.share0, slot.share1)[index]
         out["optimizer_iterations"] = plan.optimizer.iterations
     return out
 

@@ -33,7 +33,6 @@ import tensorflow as tf
 from tfe_lite.errors import ConfigError, UnsupportedLayerError
 
 from .base import PrivateLayer
-from .losses import divisor
 from .optimizers import PrivateVariable, from_keras
 from .scaling import scale
 
@@ -186,19 +185,36 @@ class TrainingPlan:
         self.log_names = ["loss"] + [name for name, _ in self.metric_names] if self.reveal_to is not None else []
 
     # ------------------------------------------------------------------------------------------ step
-    def step(self, x, labels):
-        """One training step on private rows ``x`` (the model's input) and private ``labels``:
-        the revealed loss and metrics (decoded on ``reveal_to``'s device), or an empty dict."""
+    def row_weights(self, n: int, batch: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The public per-row factors of a batch of ``n`` real rows padded to ``batch`` rows, for the loss
+        and for the metrics, and the shift ``k``. A mean over the rows is ``2**-k * sum(row * factor)`` with
+        ``factor = 2**k / n`` on real rows and 0 on padding (``2**k / n`` is at least 1, so it is encoded
+        within a relative ``2**-16``); a sum loss has factors 1 (metrics are means either way). Padding the
+        last, smaller batch of an epoch keeps one trace per fit."""
+        k = max(int(np.ceil(np.log2(batch))), 0)
+        means = np.zeros(batch, np.float64)
+        means[:n] = 2.0**k / n
+        if self.loss.reduction == "sum":
+            sums = np.zeros(batch, np.float64)
+            sums[:n] = 2.0**k
+            return sums, means, k
+        return means, means, k
+
+    def step(self, x, labels, loss_factors, mean_factors, k: int):
+        """One training step on private rows ``x`` (the model's input) and private ``labels``, rows weighted
+        by the public factors of :meth:`row_weights`: the revealed loss and metrics (decoded on
+        ``reveal_to``'s device), or an empty dict."""
         model, prot = self.model, self.model.protocol
         values = {model._input_keys[0]: x}
         kept = []
         for step in model._steps:
-            args = [values[k] for k in step.inputs]
+            args = [values[k_] for k_ in step.inputs]
             out, keep = step.layer.forward(args if step.as_list else args[0], save=True)
             values[step.output] = out
             kept.append(keep)
         output = values[model._output_keys[0]]
-        grad, parts = self._output_gradient(output, labels, kept[-1])
+        mean = _RowMean(prot, loss_factors, mean_factors, k)
+        grad, parts = self._output_gradient(output, labels, kept[-1], mean)
         grads = {model._output_keys[0]: grad}
         weight_grads: dict[tuple[int, str], object] = {}
         first_keys = set(model._input_keys)
@@ -207,33 +223,31 @@ class TrainingPlan:
             g = grads.pop(step.output, None)
             if g is None:  # nothing downstream of this layer reaches the loss
                 continue
-            needs_input = any(k not in first_keys for k in step.inputs)
+            needs_input = any(k_ not in first_keys for k_ in step.inputs)
             dx, dw = step.layer.backward(g, kept[index], preactivation=self.fused and index == len(model._steps) - 1,
                                          input_gradient=needs_input)
             for name, value in dw.items():
                 key = (id(step.layer), name)
                 weight_grads[key] = value if key not in weight_grads else weight_grads[key] + value
             if needs_input:
-                for k, d in zip(step.inputs, dx if step.as_list else [dx]):
-                    if k not in first_keys:
-                        grads[k] = d if k not in grads else grads[k] + d
+                for k_, d in zip(step.inputs, dx if step.as_list else [dx]):
+                    if k_ not in first_keys:
+                        grads[k_] = d if k_ not in grads else grads[k_] + d
         pairs = [(weight_grads[(id(layer), name)], v) for layer, name, v in self.variables if (id(layer), name) in weight_grads]
         self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
         if self.reveal_to is None:
             return {}
-        logs = {"loss": self._loss_value(output, labels, parts)}
+        logs = {"loss": self._loss_value(output, labels, parts, mean)}
         for name, kind in self.metric_names:
-            logs[name] = self._metric(kind, output, labels)
+            logs[name] = self._metric(kind, output, labels, mean)
         return {name: prot.reveal(value, to=self.reveal_to, dtype=tf.float32) for name, value in logs.items()}
 
-    def _output_gradient(self, output, labels, last_kept):
+    def _output_gradient(self, output, labels, last_kept, mean):
         """``d loss / d output`` (or ``d loss / d logits`` when fused) and what the loss value needs."""
         prot, loss = self.model.protocol, self.loss
-        d = divisor(output.shape, loss.reduction)
-        if loss.kind == "categorical":
-            d = d // int(output.shape[-1]) if loss.reduction == "sum_over_batch_size" else 1
+        per_class = 1.0 if loss.kind == "categorical" else 1.0 / int(output.shape[-1])  # Keras's mean over the last axis
         if loss.kind == "regression":
-            return scale(prot, prot.sub(output, labels), 2.0 / d), {}
+            return mean.rows(prot.sub(output, labels), 2.0 * per_class), {}
         if self.fused:
             parts = last_kept
         elif loss.kind == "categorical":
@@ -241,49 +255,53 @@ class TrainingPlan:
             parts = {"y": y, "z": output, "max": m, "total": total}
         else:
             parts = {"y": prot.sigmoid(output), "z": output}
-        g = prot.sub(parts["y"], labels)
-        return (g if d == 1 else scale(prot, g, 1.0 / d)), parts
+        return mean.rows(prot.sub(parts["y"], labels), per_class), parts
 
-    def _reduce(self, per_sample):
-        """Keras's reduction of per-sample losses ``[N]``."""
-        prot = self.model.protocol
-        total = prot.reduce_sum(per_sample)
-        n = int(per_sample.shape[0])
-        return total if self.loss.reduction == "sum" or n == 1 else scale(prot, total, 1.0 / n)
-
-    def _loss_value(self, output, labels, parts):
+    def _loss_value(self, output, labels, parts, mean):
         prot, loss = self.model.protocol, self.loss
+        per_class = 1.0 / int(output.shape[-1])
         if loss.kind == "regression":
-            per_sample = prot.reduce_sum(prot.square(prot.sub(output, labels)), axis=-1)
-            return self._reduce(scale(prot, per_sample, 1.0 / int(output.shape[-1])) if output.shape[-1] > 1 else per_sample)
+            return mean.total(prot.reduce_sum(prot.square(prot.sub(output, labels)), axis=-1), per_class)
         z = parts["z"]
         if loss.kind == "categorical":  # max + log(sum exp(z - max)) - <t, z>, per row
             lse = prot.add(prot.reshape(parts["max"], [-1]), prot.log(prot.reshape(parts["total"], [-1])))
-            return self._reduce(prot.sub(lse, prot.reduce_sum(prot.mul(labels, z), axis=-1)))
+            return mean.total(prot.sub(lse, prot.reduce_sum(prot.mul(labels, z), axis=-1)))
         # binary: relu(z) - t z - log(sigmoid(|z|)), and sigmoid(|z|) = max(y, 1 - y) is in [0.5, 1]
         y = parts["y"]
         r, mask = prot.relu(z, return_mask=True)
         q = prot.add(prot.sub(1.0, y), prot.mul(mask, prot.sub(prot.mul(y, 2), 1.0)))
         per_element = prot.sub(prot.sub(r, prot.mul(labels, z)), prot.log(q))
-        per_sample = prot.reduce_sum(per_element, axis=-1)
-        if output.shape[-1] > 1:
-            per_sample = scale(prot, per_sample, 1.0 / int(output.shape[-1]))
-        return self._reduce(per_sample)
+        return mean.total(prot.reduce_sum(per_element, axis=-1), per_class)
 
-    def _metric(self, kind, output, labels):
+    def _metric(self, kind, output, labels, mean):
         prot = self.model.protocol
-        n = int(output.shape[0])
+        per_class = 1.0 / int(output.shape[-1])
         if kind == "categorical_accuracy":
-            correct = prot.reduce_sum(prot.mul(prot.argmax(output, axis=-1), labels))
-            return scale(prot, correct, 1.0 / n) if n > 1 else correct
+            return mean.total(prot.reduce_sum(prot.mul(prot.argmax(output, axis=-1), labels), axis=-1), plain=True)
         if kind == "binary_accuracy":
             predicted = prot.greater(output, 0.5)
             # [predicted == t] = 1 - t - p + 2 p t
             right = prot.add(prot.sub(prot.sub(1.0, labels), predicted), prot.mul(prot.mul(predicted, labels), 2))
-            count = int(np.prod(output.shape))
-            return scale(prot, prot.reduce_sum(right), 1.0 / count) if count > 1 else prot.reduce_sum(right)
-        per_sample = prot.reduce_sum(prot.square(prot.sub(output, labels)), axis=-1)
-        if output.shape[-1] > 1:
-            per_sample = scale(prot, per_sample, 1.0 / int(output.shape[-1]))
-        total = prot.reduce_sum(per_sample)
-        return scale(prot, total, 1.0 / n) if n > 1 else total
+            return mean.total(prot.reduce_sum(right, axis=-1), per_class, plain=True)
+        return mean.total(prot.reduce_sum(prot.square(prot.sub(output, labels)), axis=-1), per_class, plain=True)
+
+
+class _RowMean:
+    """Weighted sums over the rows of a batch with public factors (see :meth:`TrainingPlan.row_weights`)."""
+
+    def __init__(self, prot, loss_factors, mean_factors, k: int):
+        self.prot, self.loss_factors, self.mean_factors, self.k = prot, loss_factors, mean_factors, k
+
+    def _scale(self, x, c):
+        return x if c == 1.0 else scale(self.prot, x, c)
+
+    def rows(self, per_row, c: float = 1.0):
+        """Each row of ``per_row`` ``[B, ...]`` times its loss factor, times ``c * 2**-k``: the per-row
+        terms of the loss's gradient."""
+        shape = [-1] + [1] * (per_row.rank - 1)
+        return self._scale(self.prot.mul(per_row, tf.reshape(self.loss_factors, shape)), c * 2.0**-self.k)
+
+    def total(self, per_row, c: float = 1.0, *, plain: bool = False):
+        """``c`` times the loss's reduction of ``per_row`` ``[B]`` (``plain``: the mean, for a metric)."""
+        factors = self.mean_factors if plain else self.loss_factors
+        return self._scale(self.prot.reduce_sum(self.prot.mul(per_row, factors)), c * 2.0**-self.k)
