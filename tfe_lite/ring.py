@@ -128,13 +128,17 @@ def deinterleave(x: tf.Tensor, axis: int, pairs: int) -> tuple[tf.Tensor, tf.Ten
     rank = x.shape.rank
     axis = axis % rank
     static = x.shape.as_list()
-    dims = tf.shape(x)
     if static[axis] != 2 * pairs:
         size = [-1] * rank
         size[axis] = 2 * pairs
         x = tf.slice(x, [0] * rank, size)
-    paired = tf.reshape(x, tf.concat([dims[:axis], [pairs, 2], dims[axis + 1:]], axis=0))
-    out_shape = tf.concat([dims[:axis], [pairs], dims[axis + 1:]], axis=0)
+    if None in static:
+        dims = tf.shape(x)
+        shape_of = lambda middle: tf.concat([dims[:axis], middle, dims[axis + 1:]], axis=0)  # noqa: E731
+    else:  # static: no shape ops in the graph
+        shape_of = lambda middle: static[:axis] + middle + static[axis + 1:]  # noqa: E731
+    paired = tf.reshape(x, shape_of([pairs, 2]))
+    out_shape = shape_of([pairs])
     parts = []
     for k in (0, 1):
         begin, size = [0] * (rank + 1), [-1] * (rank + 1)

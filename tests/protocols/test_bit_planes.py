@@ -100,6 +100,14 @@ def test_deinterleave_equals_strided_slices(shape, axis, pairs):
     assert even.shape == x[tuple(index)].shape
 
 
+def test_deinterleave_of_an_unknown_leading_dimension():
+    fn = tf.function(lambda t: ring.deinterleave(t, 1, 2), input_signature=[tf.TensorSpec([None, 5, 3], tf.int64)])
+    x = np.arange(4 * 5 * 3, dtype=np.int64).reshape(4, 5, 3)
+    even, odd = fn(tf.constant(x))
+    np.testing.assert_array_equal(even.numpy(), x[:, 0:4:2])
+    np.testing.assert_array_equal(odd.numpy(), x[:, 1:4:2])
+
+
 @pytest.mark.parametrize("dealer", ["online", "precomputed"])
 def test_edabit_and_dabit_planes_from_each_dealer(config, dealer):
     specs = [TripleSpec("edabit", (3, 50), bits=30), TripleSpec("edabit", (70,), bits=64), TripleSpec("dabit", (2, 65)),
