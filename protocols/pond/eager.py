@@ -49,7 +49,7 @@ CONSTANT_ELEMENTS = 4096
 MAX_FUNCTIONS = 512
 #: A signature is traced after this many eager calls that took TRACE_AFTER_SECONDS in all (see
 #: :class:`EagerFunctions`).
-TRACE_AFTER_CALLS = 3
+TRACE_AFTER_CALLS = 8
 TRACE_AFTER_SECONDS = 0.1
 
 _STATE = threading.local()  # .inside: an eager Pond operation is running in this thread

@@ -27,7 +27,7 @@ def _canonical(device: str) -> tuple:
 
 @pytest.fixture
 def fresh(config):
-    """A protocol that traces a signature on its second call (by default after three eager calls of 0.1 s in
+    """A protocol that traces a signature on its second call (by default after eight eager calls of 0.1 s in
     all)."""
     prot = Pond(config, seed=77)
     prot._eager_functions = EagerFunctions(trace_after=0.0, calls=1)
@@ -35,7 +35,7 @@ def fresh(config):
 
 
 def test_cheap_or_one_off_calls_stay_eager(config):
-    prot = Pond(config, seed=78)  # the default budget: three eager calls of 0.1 s in all per signature
+    prot = Pond(config, seed=78)  # the default budget: eight eager calls of 0.1 s in all per signature
     x = prot.share(np.ones(3), "alice")
     for n in range(1, 6):
         y = prot.share(np.ones(n), "bob")  # one-off shapes
@@ -49,10 +49,10 @@ def test_cheap_or_one_off_calls_stay_eager(config):
     np.testing.assert_allclose(x.reveal(to="alice").numpy(), np.full(3, 6.0), atol=TOL)
     np.testing.assert_allclose(y.reveal(to="alice").numpy(), np.ones(5), atol=TOL)
     counted = Pond(config, seed=80)
-    counted._eager_functions = EagerFunctions(trace_after=0.0)  # the default count: three eager calls
-    for call in range(1, 6):
+    counted._eager_functions = EagerFunctions(trace_after=0.0)  # the default count: eight eager calls
+    for call in range(1, 11):
         counted.share(np.ones(3), "alice")
-        assert _functions(counted) == (1 if call > 3 else 0)
+        assert _functions(counted) == (1 if call > 8 else 0)
 
 
 def test_first_call_eager_then_traced_and_reused(config, fresh):
