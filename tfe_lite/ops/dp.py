@@ -2,9 +2,9 @@
 
 :func:`per_record_conv2d_kernel_grad` gives each record's Conv2D kernel gradient, the one per-record
 quantity of DP-SGD that TensorFlow's own kernels compute slowly. With the native library it runs
-``PerRecordConv2DKernelGrad`` (per-record im2col blocks in cache and a GEMM, records in parallel); without it,
-or with ``TFE_LITE_NATIVE_OPS=0``, a pure TensorFlow twin (one batched matmul per kernel offset) gives the same
-values up to float rounding.
+``PerRecordConv2DKernelGrad`` (windows read from each record's image in register blocks, records in
+parallel); without it, or with ``TFE_LITE_NATIVE_OPS=0``, a pure TensorFlow twin (one batched matmul per
+kernel offset) gives the same values up to float rounding.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ patches) and ``G_r = dL_r / dz`` its output-gradient rows. Per layer it takes th
 * the per-record gradient ``A_r^T G_r`` itself (``T d u`` per record: what the layer's summed kernel gradient
   costs). When it fits in ``tfe_lite.privacy.clipping.MATERIALIZE_BYTES`` it is kept and the layer's share
   of the clipped sum is ``sum_r f_r A_r^T G_r`` directly, so that layer's weight gradient is never computed a
-  second time ("mixed" ghost clipping, Bu et al. 2023). For Conv2D the native op builds each record's im2col
-  patches block by block in cache, never the whole im2col tensor;
+  second time ("mixed" ghost clipping, Bu et al. 2023). For Conv2D the native op reads each record's windows
+  straight from its image in register blocks, never an im2col tensor;
 * Embedding: ``sum_{t,s} [id_t = id_s] <g_t, g_s>``; a bias: ``||sum_t g_t||^2``.
 
 One forward pass records every layer's input ``a`` and pre-activation ``z`` (the model rebuilt with a tap on
