@@ -47,13 +47,13 @@ class PrivateTraining:
         private training plan. ``reveal_to``: the player who learns each step's loss and metrics (default
         the model owner; None: nothing until the end). ``gradient_bound``: the public bound assumed on
         every gradient element, for the optimizer's range checks."""
-        plan = None
+        plan, keras_optimizer = None, "sgd"  # evaluation only: Keras wants some optimizer
         if optimizer is not None:
             keras_optimizer = keras.optimizers.get(optimizer) if isinstance(optimizer, str) else optimizer
             target = self.model_owner.name if reveal_to is _DEFAULT else reveal_to
             plan = TrainingPlan(self, optimizer=keras_optimizer, loss=loss, metrics=metrics, reveal_to=target,
                                 gradient_bound=gradient_bound)
-        super().compile(optimizer="sgd", loss=loss, metrics=metrics, **kwargs)
+        super().compile(optimizer=keras_optimizer, loss=loss, metrics=metrics, **kwargs)
         self.plan = plan
         # The running means of the revealed values: Keras's metrics while fit runs (kept out of Keras's tracking,
         # which would list them beside the compiled metrics that evaluate uses).

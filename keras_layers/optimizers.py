@@ -134,7 +134,16 @@ class PrivateOptimizer:
     def _rate(self, step):
         if isinstance(self.learning_rate, Schedule):
             return self.learning_rate(step)
+        source = getattr(self, "_source", None)
+        if source is not None:  # the Keras optimizer's variable, read at run time (callbacks may set it)
+            return tf.convert_to_tensor(source.learning_rate)
         return self.learning_rate
+
+    def follow(self, keras_optimizer) -> None:
+        """Read a constant learning rate from ``keras_optimizer`` at every step, so Keras callbacks that set
+        ``model.optimizer.learning_rate`` (``LearningRateScheduler``, ``ReduceLROnPlateau``) steer this one."""
+        if not isinstance(self.learning_rate, Schedule):
+            self._source = keras_optimizer
 
     def check_learning_rate(self, rate) -> None:
         """Refuse a learning rate (a number) whose update range leaves the fixed-point range."""

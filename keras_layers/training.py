@@ -173,6 +173,7 @@ class TrainingPlan:
             raise error
         self.reveal_to = None if reveal_to is None else prot.config.get_player(reveal_to)
         self.optimizer = from_keras(optimizer, prot, gradient_bound=gradient_bound)
+        self.optimizer.follow(optimizer)  # model.optimizer is the Keras one: callbacks may change its rate
         # (layer, weight name, variable) of every trainable weight; a layer called twice has one set
         self.variables = []
         for layer in model.private_layers:

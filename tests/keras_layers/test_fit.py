@@ -68,18 +68,20 @@ def trained(prot, digits, tmp_path_factory):
     private, twin = _twins(prot)
     directory = tmp_path_factory.mktemp("shares")
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=0, min_delta=10.0)  # no epoch improves by 10
+    halve = keras.callbacks.LearningRateScheduler(lambda epoch, rate: 0.2 if epoch == 0 else 0.05)
     with prot.count_communication() as log:
         history = private.fit(x[:200], y[:200], batch_size=50, epochs=5, shuffle=False, verbose=0,
                               validation_data=(x[200:300], y[200:300]),
-                              callbacks=[stop, ShareCheckpoint(str(directory / "epoch{epoch}"))])
+                              callbacks=[stop, halve, ShareCheckpoint(str(directory / "epoch{epoch}"))])
     twin_history = twin.fit(x[:200], y[:200], batch_size=50, epochs=2, shuffle=False, verbose=0,
-                            validation_data=(x[200:300], y[200:300]))
+                            validation_data=(x[200:300], y[200:300]), callbacks=[halve])
     return private, twin, history, twin_history, log, directory
 
 
-def test_fit_ends_within_tolerance_of_the_plaintext_twin_and_early_stopping_works(trained):
+def test_fit_ends_within_tolerance_of_the_plaintext_twin_and_kerass_callbacks_steer_it(trained):
     private, twin, history, twin_history, *_ = trained
     assert len(history.history["loss"]) == 2  # stopped by EarlyStopping after the second epoch
+    np.testing.assert_allclose(history.history["learning_rate"], [0.2, 0.05])  # LearningRateScheduler's rates
     _assert_same_weights(private.reveal_model(to=OWNER), twin)
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(history.history[key], twin_history.history[key], atol=2e-2, err_msg=key)
@@ -134,7 +136,8 @@ def test_checkpoints_hold_one_servers_shares_each_and_resume_to_the_same_weights
     # resume from epoch 1 in a fresh private model of the same architecture (other initial weights)
     resumed, _ = _twins(prot, seed=9)
     assert resumed.load_shares(str(first)) == 1
-    resumed.fit(x[:200], y[:200], batch_size=50, epochs=2, initial_epoch=1, shuffle=False, verbose=0)
+    halve = keras.callbacks.LearningRateScheduler(lambda epoch, rate: 0.2 if epoch == 0 else 0.05)  # as the first run
+    resumed.fit(x[:200], y[:200], batch_size=50, epochs=2, initial_epoch=1, shuffle=False, verbose=0, callbacks=[halve])
     _assert_same_weights(resumed.reveal_model(to=OWNER), private.reveal_model(to=OWNER))
     with pytest.raises(ProtocolError, match="both shares"):
         resumed.save_weights(str(directory / "w.weights.h5"))
