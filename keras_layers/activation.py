@@ -95,7 +95,7 @@ class PrivateActivation(PrivateLayer):
     def forward(self, inputs, *, save=False):
         return apply_activation(self.activation, inputs, save=save)
 
-    def backward(self, grad, kept, *, preactivation=False):
+    def backward(self, grad, kept, *, preactivation=False, input_gradient=True):
         return (grad if preactivation else activation_backward(self.activation, grad, kept)), {}
 
     def get_config(self):
@@ -148,7 +148,7 @@ class PrivateReLU(PrivateLayer):
                 keep["below"] = keep["mask"]
         return y, keep
 
-    def backward(self, grad, kept, *, preactivation=False):
+    def backward(self, grad, kept, *, preactivation=False, input_gradient=True):
         """``g [0 <= x < max_value] + negative_slope g [x < 0]``, from the forward's masks."""
         prot = grad.protocol
         dx = prot.mul(grad, kept["mask"])
@@ -194,7 +194,7 @@ class PrivateSoftmax(PrivateLayer):
         y = inputs.protocol.softmax(inputs, axis=self.axis)
         return y, saved(save, y=y)
 
-    def backward(self, grad, kept, *, preactivation=False):
+    def backward(self, grad, kept, *, preactivation=False, input_gradient=True):
         if preactivation:
             return grad, {}
         prot = grad.protocol

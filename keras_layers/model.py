@@ -13,6 +13,8 @@ the ``crypto-producer`` deals correlated randomness. Per batch of ``predict``:
 
 ``evaluate`` computes the loss and the metrics on the client's device from the revealed outputs and the
 client's labels: only the client learns them. Keras's loop, progress bar and callbacks run as usual.
+``compile`` with an optimizer and ``fit`` train on shares (:mod:`.fitting`); ``reveal_model`` and the
+per-server checkpoints are in :mod:`.results`.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ class Step:
 class PrivateModel(PrivateTraining, keras.Model):
     """A Keras model computing with secret shares (made by :func:`~tfe_lite.keras_layers.secure`).
 
-    ``predict(x, batch_size=32)`` and ``evaluate(x, y)`` work as in Keras (``x`` the client's data); calling
-    the model on a batch returns the revealed outputs as a tensor on the client's device.
+    ``predict(x, batch_size=32)``, ``evaluate(x, y)`` and, after ``compile(optimizer=..., loss=...)``,
+    ``fit(x, y)`` work as in Keras (``x`` the client's data; ``fit`` also takes ``{owner: (rows, labels)}``);
+    calling the model on a batch returns the revealed outputs as a tensor on the client's device.
 
     Args:
         protocol: the Pond protocol that holds the weights' shares.

@@ -237,3 +237,26 @@ def test_bad_training_data_is_refused_before_anything_is_shared(prot, x, y, erro
         with pytest.raises(error, match=message):
             private.fit(x, y, verbose=0)
     assert log.total_bytes() == 0
+
+
+@pytest.mark.slow
+def test_a_functional_cnn_with_a_branch_trains_like_its_twin(prot):
+    """Conv2D, max pooling (its ReLU moved after it by secure()), a residual Add (a tensor read by two layers:
+    its gradients add up), average pooling, Dropout, Dense: through fit, against the float twin."""
+    data = load_digits()
+    x, y = (data.images[:100] / 16.0).astype(np.float32)[..., None], data.target[:100]
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    pooled = L.MaxPooling2D(2)(L.Conv2D(6, 3, padding="same", activation="relu")(inputs))
+    merged = L.ReLU()(L.Add()([pooled, L.Conv2D(6, 3, padding="same")(pooled)]))
+    features = L.Dropout(0.0)(L.Flatten()(L.AveragePooling2D(2)(merged)))
+    model = keras.Model(inputs, L.Dense(10, activation="softmax")(features))
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    private = kl.secure(model, protocol=prot, model_owner=OWNER, client=CLIENT)
+    for m in (private, twin):
+        m.compile(optimizer=keras.optimizers.SGD(0.2), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    h = private.fit(x, y, batch_size=50, epochs=1, shuffle=False, verbose=0).history
+    h2 = twin.fit(x, y, batch_size=50, epochs=1, shuffle=False, verbose=0).history
+    _assert_same_weights(private.reveal_model(to=OWNER), twin)
+    np.testing.assert_allclose(h["loss"], h2["loss"], atol=2e-2)
