@@ -125,20 +125,12 @@ class PrivateTraining:
         return {name: tracker.result() for name, tracker in self._trackers.items()}
 
     def make_train_function(self, force=False):
-        # Each batch runs the private step traced for its shape (plan.function); Keras's loop stays eager.
-        if self.train_function is not None and not force:
-            return self.train_function
+        # Each batch runs the private step traced once per fit (self._step_function); Keras's loop stays eager.
+        from .model import eager_steps
 
-        def train_function(iterator):
-            logs = None
-            for _, data in zip(range(self.steps_per_execution), iterator):
-                logs = self.train_step(data)
-            if logs is None:
-                raise StopIteration
-            return logs
-
-        self.train_function = train_function
-        return train_function
+        if self.train_function is None or force:
+            self.train_function = eager_steps(self, self.train_step)
+        return self.train_function
 
     @property
     def metrics(self):

@@ -179,19 +179,9 @@ class PrivateModel(PrivateTraining, keras.Model):
         return predict_function
 
     def make_test_function(self, force=False):
-        if self.test_function is not None and not force:
-            return self.test_function
-
-        def test_function(iterator):
-            logs = None
-            for _, data in zip(range(self.steps_per_execution), iterator):
-                logs = self.test_step(data)
-            if logs is None:
-                raise StopIteration
-            return logs
-
-        self.test_function = test_function
-        return test_function
+        if self.test_function is None or force:
+            self.test_function = eager_steps(self, self.test_step)
+        return self.test_function
 
     # --------------------------------------------------------------------------------- input checks
     def _check_x(self, x) -> None:
@@ -207,6 +197,21 @@ class PrivateModel(PrivateTraining, keras.Model):
             raise ShapeError(f"Received {len(flat)} inputs in `x`; the model takes {len(self._input_keys)}.")
         for i, (value, shape) in enumerate(zip(flat, self.private_input_shapes)):
             _check_array(value, f"x[{i}]" if self._nested_inputs else "x", shape, self._protocol.fixedpoint.bound)
+
+
+def eager_steps(model, step):
+    """A Keras step function running ``step`` eagerly on each batch (the private computation inside it is
+    traced per batch shape), ``steps_per_execution`` batches per call."""
+
+    def function(iterator):
+        logs = None
+        for _, data in zip(range(model.steps_per_execution), iterator):
+            logs = step(data)
+        if logs is None:
+            raise StopIteration
+        return logs
+
+    return function
 
 
 def _is_stream(x) -> bool:
