@@ -337,4 +337,7 @@ def test_forward_keeps_what_a_backward_rule_needs(prot):
     assert dense.forward(shared, save=False)[1] is None
     relu = twin(prot, _built(L.ReLU(max_value=1.0), x.shape), x.shape)
     _, kept = relu.forward(shared, save=True)
-    assert kept["mask"].shape == (6, 4)  # the masks of x and of x - max_value, from one comparison batch
+    # [0 <= x < max_value] and [x >= 0], from the masks of x and x - max_value of one comparison batch
+    assert kept["mask"].shape == (3, 4) and kept["below"].shape == (3, 4)
+    inside = kept["mask"].reveal(to="client").numpy()
+    np.testing.assert_array_equal(inside, ((x >= 0) & (x < 1.0)).astype(float))
