@@ -6,9 +6,10 @@ the model owner: :meth:`PrivateLayer.share_weights` secret-shares them once from
 weight is kept as two int64 Keras variables, ``<name>_share0`` on server0's device and ``<name>_share1`` on
 server1's, so ``layer.weights`` (and a checkpoint of them) holds shares only, never a plaintext weight.
 
-Training (issue 11) adds a backward rule beside each forward: :meth:`PrivateLayer.forward` returns, besides
-its outputs, what that rule will need (the input of a Dense layer, the 0/1 mask of a ReLU), so the backward
-pass never repeats a comparison. Inference asks for nothing to be kept.
+Each layer has its backward rule beside its forward (:meth:`PrivateLayer.backward`, used by ``fit``):
+:meth:`PrivateLayer.forward` with ``save=True`` returns, besides its outputs, what that rule needs (the input
+of a Dense layer, the 0/1 mask of a ReLU, the argmax one-hots of a max pooling), so the backward pass never
+repeats a comparison. Inference asks for nothing to be kept.
 """
 
 from __future__ import annotations
@@ -128,8 +129,8 @@ class PrivateLayer(keras.layers.Layer):
         return outputs
 
     def forward(self, inputs, *, save: bool = False) -> tuple[Any, dict | None]:
-        """The private forward pass: ``(outputs, saved)``. With ``save``, ``saved`` holds what this layer's
-        backward rule needs (a dict of Pond tensors); without, None."""
+        """The private forward pass: ``(outputs, saved)``. With ``save`` (training), ``saved`` holds what this
+        layer's backward rule needs (a dict of Pond tensors and static shapes); without, None."""
         raise NotImplementedError
 
     #: Why this layer cannot train on shares (None: it has a backward rule).
