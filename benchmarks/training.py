@@ -105,7 +105,8 @@ def main(argv=None) -> None:
                         metrics=[] if reveal is None else ["accuracy"], reveal_to=reveal)
         plan = private.plan
         rows = SharedRows(private, {"client": (x, y)}, plan.loss)
-        loss_factors, mean_factors, k = plan.row_weights(b, b)
+        loss_factors, mean_factors = plan.row_weights(b, b)
+        k = plan.shift(b)
         fn = tf.function(lambda index, plan=plan, rows=rows, k=k: plan.step(*rows.gather(index), loss_factors, mean_factors, k),
                          autograph=False)
         steps["private step, nothing revealed" if reveal is None else "private step, loss+accuracy revealed"] = (fn, private)

@@ -57,9 +57,7 @@ def prepare_labels(labels, loss, output_shape, name: str) -> np.ndarray:
     values = np.asarray(labels)
     if loss.sparse:
         classes = int(output_shape[-1])
-        flat = values.reshape(values.shape[:1] + (-1,)) if values.ndim > 1 else values
-        if values.ndim == 2 and values.shape[1] == 1:
-            flat = values[:, 0]
+        flat = values[:, 0] if values.ndim == 2 and values.shape[1] == 1 else values
         if flat.ndim != 1 or values.dtype.kind not in "iuf" or (values.dtype.kind == "f" and not np.all(np.mod(flat, 1) == 0)):
             raise ShapeError(f"Received invalid labels `{name}` for a sparse loss, expected integer class indices of shape (n,). "
                              f"Received: shape {values.shape}, dtype {values.dtype}")
@@ -68,8 +66,7 @@ def prepare_labels(labels, loss, output_shape, name: str) -> np.ndarray:
             index = int(np.argmax(bad))
             raise ShapeError(f"Received an invalid class label in `{name}`: {name}[{index}] = {flat[index].item()!r}, expected 0 to {classes - 1}.")
         values = np.eye(classes)[flat.astype(np.int64)]
-    kind = {"categorical": "categorical", "binary": "binary", "regression": "regression"}[loss.kind]
-    values = validate_labels(values, kind, name=name)
+    values = validate_labels(values, loss.kind, name=name)
     if values.ndim == 1 and len(output_shape) == 1:
         values = values[:, None]
     if tuple(values.shape[1:]) != tuple(output_shape):

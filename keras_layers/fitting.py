@@ -71,8 +71,7 @@ class PrivateTraining:
         for name, value in (("class_weight", class_weight), ("sample_weight", sample_weight)):
             if value is not None:
                 raise ConfigError(f"Received `{name}`: weighted training has no private version. Received: {name}={value!r}")
-        if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1):
-            raise ConfigError(f"Received an invalid value for `batch_size`, expected a positive integer or None. Received: batch_size={batch_size!r}")
+        check_batch_size(batch_size)
         if validation_split:
             if isinstance(x, dict) or not 0 < validation_split < 1:
                 raise ConfigError("Received `validation_split` with several data owners or outside (0, 1): pass "
@@ -85,7 +84,7 @@ class PrivateTraining:
         rows = SharedRows(self, owners_of(self, x, y), plan.loss)
         # one trace per fit (it reads this fit's shared rows): a last, smaller batch is padded to the batch size
         self._batch_size = int(batch_size or 32)
-        k = plan.row_weights(1, self._batch_size)[2]
+        k = plan.shift(self._batch_size)
         self._step_function = tf.function(lambda index, loss_factors, mean_factors: plan.step(
             *rows.gather(index), loss_factors, mean_factors, k), autograph=False)
         if validation_data is not None:
@@ -96,7 +95,6 @@ class PrivateTraining:
                        np.zeros((1, *self.private_output_shapes[0]), np.float32) if not plan.loss.sparse else np.zeros((1,), np.int64))
             self._symbolic_build(data_batch=example)
         self._training = True
-        self._last_index_shape = None
         try:
             return super().fit(np.arange(rows.size, dtype=np.int64), None, batch_size=batch_size, epochs=epochs,
                                verbose=verbose, callbacks=callbacks, validation_data=validation_data, shuffle=shuffle,
@@ -105,29 +103,28 @@ class PrivateTraining:
                                validation_freq=validation_freq)
         finally:
             self._training = False
-            if self._last_index_shape is not None:  # the traced step, for placement audits
-                specs = (tf.TensorSpec(self._last_index_shape, tf.int64),) + (tf.TensorSpec(self._last_index_shape, tf.float64),) * 2
-                graph = self._step_function.get_concrete_function(*specs).graph.as_graph_def()
-                object.__setattr__(self, "_last_step_graph", graph)
-            self._step_function = None
 
     def train_step(self, data):
         index = tf.cast(data[0] if isinstance(data, (tuple, list)) else data, tf.int64)
         n, batch = int(index.shape[0]), self._batch_size
         if n < batch:  # padding rows (row 0 again) with factor 0: they add nothing
             index = tf.concat([index, tf.zeros([batch - n], tf.int64)], axis=0)
-        loss_factors, mean_factors, _ = self.plan.row_weights(n, max(batch, n))
+        loss_factors, mean_factors = self.plan.row_weights(n, batch)
         with tf.device(None):
             logs = self._step_function(index, tf.constant(loss_factors), tf.constant(mean_factors))
-        self._last_index_shape = index.shape
         for name, value in logs.items():
             self._trackers[name].update_state(value, sample_weight=n)
         return {name: tracker.result() for name, tracker in self._trackers.items()}
 
+    @property
+    def _last_step_graph(self):
+        """The GraphDef of the last fit's traced step (for placement audits; made when asked for)."""
+        concrete = self._step_function.get_concrete_function(tf.TensorSpec([self._batch_size], tf.int64),
+                                                             *[tf.TensorSpec([self._batch_size], tf.float64)] * 2)
+        return concrete.graph.as_graph_def()
+
     def make_train_function(self, force=False):
         # Each batch runs the private step traced once per fit (self._step_function); Keras's loop stays eager.
-        from .model import eager_steps
-
         if self.train_function is None or force:
             self.train_function = eager_steps(self, self.train_step)
         return self.train_function
@@ -166,3 +163,23 @@ class PrivateTraining:
     def save_weights(self, *args, **kwargs):
         raise ProtocolError("A private model's weights cannot be saved to one file: it would hold both shares of every "
                             "weight. Use private.save_shares(directory) or the ShareCheckpoint callback.")
+
+
+def eager_steps(model, step):
+    """A Keras step function running ``step`` eagerly on each batch (the private computation inside it is
+    traced per batch shape), ``steps_per_execution`` batches per call."""
+
+    def function(iterator):
+        logs = None
+        for _, data in zip(range(model.steps_per_execution), iterator):
+            logs = step(data)
+        if logs is None:
+            raise StopIteration
+        return logs
+
+    return function
+
+
+def check_batch_size(batch_size) -> None:
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1):
+        raise ConfigError(f"Received an invalid value for `batch_size`, expected a positive integer or None. Received: batch_size={batch_size!r}")

@@ -34,7 +34,7 @@ from tfe_lite.errors import ConfigError, EncodingError, ShapeError
 from tfe_lite.protocols import Pond
 
 from .base import PrivateLayer
-from .fitting import PrivateTraining
+from .fitting import PrivateTraining, check_batch_size, eager_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +133,7 @@ class PrivateModel(PrivateTraining, keras.Model):
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         """Keras ``predict`` on the client's data ``x``: numpy outputs, revealed to the client only."""
         self._check_x(x)
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         with self._padding(x, batch_size):
             return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
 
@@ -141,7 +141,7 @@ class PrivateModel(PrivateTraining, keras.Model):
                  callbacks=None, return_dict=False, **kwargs):
         """Keras ``evaluate``: the loss and metrics are computed by the client from the revealed outputs."""
         self._check_x(x)
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         with self._padding(x, batch_size):
             return super().evaluate(x, y, batch_size=batch_size, verbose=verbose, sample_weight=sample_weight, steps=steps,
                                     callbacks=callbacks, return_dict=return_dict, **kwargs)
@@ -199,29 +199,9 @@ class PrivateModel(PrivateTraining, keras.Model):
             _check_array(value, f"x[{i}]" if self._nested_inputs else "x", shape, self._protocol.fixedpoint.bound)
 
 
-def eager_steps(model, step):
-    """A Keras step function running ``step`` eagerly on each batch (the private computation inside it is
-    traced per batch shape), ``steps_per_execution`` batches per call."""
-
-    def function(iterator):
-        logs = None
-        for _, data in zip(range(model.steps_per_execution), iterator):
-            logs = step(data)
-        if logs is None:
-            raise StopIteration
-        return logs
-
-    return function
-
-
 def _is_stream(x) -> bool:
     """A data set or generator (Keras batches it itself), not arrays."""
     return isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) or callable(getattr(x, "__next__", None))
-
-
-def _check_batch_size(batch_size) -> None:
-    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1):
-        raise ConfigError(f"Received an invalid value for `batch_size`, expected a positive integer or None. Received: batch_size={batch_size!r}")
 
 
 def _check_array(value, name: str, shape: tuple, bound: float) -> None:

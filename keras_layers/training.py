@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tfe_lite.errors import ConfigError, UnsupportedLayerError
 
+from .activation import PrivateSoftmax
 from .base import PrivateLayer
 from .optimizers import PrivateVariable, from_keras
 from .scaling import scale
@@ -137,7 +138,7 @@ def tf_variable(variable) -> tf.Variable:
 def _final_activation(layer) -> str:
     if hasattr(layer, "activation"):
         return layer.activation
-    return "softmax" if type(layer).__name__ == "PrivateSoftmax" else "linear"
+    return "softmax" if isinstance(layer, PrivateSoftmax) else "linear"
 
 
 class TrainingPlan:
@@ -186,20 +187,25 @@ class TrainingPlan:
         self.log_names = ["loss"] + [name for name, _ in self.metric_names] if self.reveal_to is not None else []
 
     # ------------------------------------------------------------------------------------------ step
-    def row_weights(self, n: int, batch: int) -> tuple[np.ndarray, np.ndarray, int]:
+    @staticmethod
+    def shift(batch: int) -> int:
+        """``k`` with ``2**k >= batch``: the power of two of :meth:`row_weights`' factors."""
+        return max(int(np.ceil(np.log2(batch))), 0)
+
+    def row_weights(self, n: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """The public per-row factors of a batch of ``n`` real rows padded to ``batch`` rows, for the loss
-        and for the metrics, and the shift ``k``. A mean over the rows is ``2**-k * sum(row * factor)`` with
-        ``factor = 2**k / n`` on real rows and 0 on padding (``2**k / n`` is at least 1, so it is encoded
-        within a relative ``2**-16``); a sum loss has factors 1 (metrics are means either way). Padding the
-        last, smaller batch of an epoch keeps one trace per fit."""
-        k = max(int(np.ceil(np.log2(batch))), 0)
+        and for the metrics. A mean over the rows is ``2**-k * sum(row * factor)`` (``k`` from :meth:`shift`)
+        with ``factor = 2**k / n`` on real rows and 0 on padding (``2**k / n`` is at least 1, so it is encoded
+        within a relative ``2**-16``); a sum loss has factors ``2**k`` (metrics are means either way).
+        Padding the last, smaller batch of an epoch keeps one trace per fit."""
+        k = self.shift(batch)
         means = np.zeros(batch, np.float64)
         means[:n] = 2.0**k / n
         if self.loss.reduction == "sum":
             sums = np.zeros(batch, np.float64)
             sums[:n] = 2.0**k
-            return sums, means, k
-        return means, means, k
+            return sums, means
+        return means, means
 
     def step(self, x, labels, loss_factors, mean_factors, k: int):
         """One training step on private rows ``x`` (the model's input) and private ``labels``, rows weighted

@@ -133,14 +133,18 @@ class ComparisonOps:
     def max_pool2d(self, x, pool_size, strides=None, padding: str = "VALID"):
         """Max pooling like ``tf.nn.max_pool2d`` on NHWC, exact: a tournament over each window
         (``kh * kw - 1`` comparisons per output element, ``ceil(log2(kh * kw))`` rounds of them)."""
+        return ordering.max_pool2d(self, *self._max_pool_arguments(x, pool_size, strides, padding, "max_pool2d"))
+
+    def _max_pool_arguments(self, x, pool_size, strides, padding, op: str):
+        """``(x, pool_size, strides, padding)`` of a max pooling, checked (``x`` private)."""
         x = self._own(x, "x")
         pool_size = checks.pair(pool_size, "pool_size")
         strides = pool_size if strides is None else checks.pair(strides, "strides")
         padding = checks.padding(padding)
         checks.pool2d("max_pool2d", x, pool_size, padding)
         if not isinstance(x, PrivateTensor):
-            raise ShapeError(f"max_pool2d expects a private tensor. Received: {x!r}")
-        return ordering.max_pool2d(self, x, pool_size, strides, padding)
+            raise ShapeError(f"{op} expects a private tensor. Received: {x!r}")
+        return x, pool_size, strides, padding
 
 
 class ApproximationOps:

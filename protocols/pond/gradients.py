@@ -32,19 +32,13 @@ from tfe_lite.devices import eager_serialized
 from tfe_lite.errors import ShapeError
 
 from . import approximations, checks, linear, ordering
-from .tensors import PrivateTensor, PublicTensor
-
-
-def _same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
-    out = -(-size // stride)
-    total = max((out - 1) * stride + window - size, 0)
-    return total // 2, total - total // 2
+from .tensors import PublicTensor
 
 
 def _padded_size(size: int, window: int, stride: int, padding: str) -> tuple[int, int, int]:
     """(padded size, pad before, output size) of one spatial axis."""
     if padding == "SAME":
-        before, after = _same_pads(size, window, stride)
+        before, after = ordering.same_pads(size, window, stride)
         return size + before + after, before, -(-size // stride)
     return size, 0, (size - window) // stride + 1
 
@@ -110,31 +104,8 @@ class GradientOps:
     def max_pool2d_with_argmax(self, x, pool_size, strides=None, padding: str = "VALID"):
         """``(max_pool2d(x), argmax)``: ``argmax`` is the fixed-point one-hot ``[N, H', W', kh * kw, C]``
         of each window's first maximal element, from the same tournament (no extra comparison)."""
-        x = self._own(x, "x")
-        pool_size = checks.pair(pool_size, "pool_size")
-        strides = pool_size if strides is None else checks.pair(strides, "strides")
-        padding = checks.padding(padding)
-        checks.pool2d("max_pool2d", x, pool_size, padding)
-        if not isinstance(x, PrivateTensor):
-            raise ShapeError(f"max_pool2d_with_argmax expects a private tensor. Received: {x!r}")
-        kh, kw = pool_size
-        channels = x.shape[-1]
-        if padding == "SAME":  # pad with a value below every encodable one: a pad never wins
-            pads = [_same_pads(int(size), k, s) for size, k, s in zip(x.shape[1:3], pool_size, strides)]
-            low = -(np.int64(1) << np.int64(self.fixedpoint.int_bits + self.fixedpoint.frac_bits))
-            out = []
-            for i, server in enumerate((self.server0, self.server1)):
-                with tf.device(server.device):
-                    out.append(tf.pad(x.shares[i], [(0, 0), *pads, (0, 0)], constant_values=low if i == 0 else 0))
-            x = PrivateTensor(self, *out)
-
-        def windows(t):
-            cols = ring.patches(t, (kh, kw), strides, "VALID")
-            return tf.reshape(cols, [int(d) for d in cols.shape[:3]] + [kh * kw, channels])
-
-        cols = linear.local(self, x, windows)
-        value, onehot = ordering.reduce_max(self, cols, 3, with_argmax=True)  # onehot: [N, H', W', C, k]
-        return value, self.transpose(onehot, [0, 1, 2, 4, 3])
+        args = self._max_pool_arguments(x, pool_size, strides, padding, "max_pool2d_with_argmax")
+        return ordering.max_pool2d_with_argmax(self, *args)
 
     @eager_serialized
     def max_pool2d_gradient(self, argmax, dy, input_shape, pool_size, strides=None, padding: str = "VALID"):

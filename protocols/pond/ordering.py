@@ -130,34 +130,52 @@ def reduce_max(prot, x: PrivateTensor, axis: int, with_argmax: bool = False):
     return value, linear.local(prot, onehot, lambda t: tf.squeeze(t, axis))
 
 
-def max_pool2d(prot, x: PrivateTensor, pool_size, strides, padding: str) -> PrivateTensor:
-    """Max pooling like ``tf.nn.max_pool2d``: local window extraction, then a tournament per window.
+def same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's SAME padding of one spatial axis: (before, after)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2
 
-    SAME padding pads with ``-(2**int_bits)``, below every encodable value, so a pad never wins."""
+
+def _pool_windows(prot, x: PrivateTensor, pool_size, strides, padding: str) -> PrivateTensor:
+    """The windows ``[N, H', W', kh * kw, C]`` of a max pooling (local). SAME pads with
+    ``-(2**(int_bits + frac_bits))``, below every encodable value, so a pad never wins."""
     kh, kw = pool_size
     channels = x.shape[-1]
-    if padding == "SAME":
-        pads = []
-        for size, k, s in zip(x.shape[1:3], pool_size, strides):
-            out = -(-size // s)
-            total = max((out - 1) * s + k - size, 0)
-            pads.append((total // 2, total - total // 2))
-        low = -(np.int64(1) << np.int64(prot.fixedpoint.int_bits + prot.fixedpoint.frac_bits))
-        out = []
-        for i, server in enumerate((prot.server0, prot.server1)):
-            with tf.device(server.device):
-                out.append(tf.pad(x.shares[i], [(0, 0), *pads, (0, 0)], constant_values=low if i == 0 else 0))
-        x = PrivateTensor(prot, *out)
-
-    if tuple(strides) == (kh, kw) and None not in x.shape.as_list():
-        return _max_pool_tiled(prot, x, kh, kw)
+    x = _pad_lowest(prot, x, pool_size, strides) if padding == "SAME" else x
 
     def windows(t):
         cols = ring.patches(t, (kh, kw), strides, "VALID")
         return tf.reshape(cols, [-1 if d is None else d for d in cols.shape[:3]] + [kh * kw, channels])
 
-    cols = linear.local(prot, x, windows)
-    return reduce_max(prot, cols, axis=3)
+    return linear.local(prot, x, windows)
+
+
+def _pad_lowest(prot, x: PrivateTensor, pool_size, strides) -> PrivateTensor:
+    pads = [same_pads(size, k, s) for size, k, s in zip(x.shape[1:3], pool_size, strides)]
+    low = -(np.int64(1) << np.int64(prot.fixedpoint.int_bits + prot.fixedpoint.frac_bits))
+    out = []
+    for i, server in enumerate((prot.server0, prot.server1)):
+        with tf.device(server.device):
+            out.append(tf.pad(x.shares[i], [(0, 0), *pads, (0, 0)], constant_values=low if i == 0 else 0))
+    return PrivateTensor(prot, *out)
+
+
+def max_pool2d(prot, x: PrivateTensor, pool_size, strides, padding: str) -> PrivateTensor:
+    """Max pooling like ``tf.nn.max_pool2d``: local window extraction, then a tournament per window
+    (tiled windows: free reshapes, :func:`_max_pool_tiled`)."""
+    kh, kw = pool_size
+    x = _pad_lowest(prot, x, pool_size, strides) if padding == "SAME" else x
+    if tuple(strides) == (kh, kw) and None not in x.shape.as_list():
+        return _max_pool_tiled(prot, x, kh, kw)
+    return reduce_max(prot, _pool_windows(prot, x, pool_size, strides, "VALID"), axis=3)
+
+
+def max_pool2d_with_argmax(prot, x: PrivateTensor, pool_size, strides, padding: str):
+    """:func:`max_pool2d` and the fixed-point one-hot ``[N, H', W', kh * kw, C]`` of each window's first
+    maximal element, from the same tournament."""
+    value, onehot = reduce_max(prot, _pool_windows(prot, x, pool_size, strides, padding), axis=3, with_argmax=True)
+    return value, linear.local(prot, onehot, lambda t: tf.transpose(t, [0, 1, 2, 4, 3]))  # [N, H', W', C, k] -> k before C
 
 
 def _max_pool_tiled(prot, x: PrivateTensor, kh: int, kw: int) -> PrivateTensor:
