@@ -3,7 +3,7 @@
 For a bilinear ring operation ``f`` (elementwise ``mul``, ``matmul``, ``conv2d``) and private ``x, y``
 with a triple ``(a, b, c = f(a, b))`` from the dealer:
   1. server_i: ``e_i = x_i - a_i``, ``d_i = y_i - b_i``.
-  2. open: the servers exchange ``e_i, d_i``; both now know ``e = x - a`` and ``d = y - b``, which are
+  2. open: the servers exchange ``e_i, d_i`` (one message each way); both now know ``e = x - a`` and ``d = y - b``, which are
      uniformly random and reveal nothing about ``x, y``.
   3. server0: ``z0 = c0 + f(e, b0) + f(a0 + e, d)``; server1: ``z1 = c1 + f(e, b1) + f(a1, d)``.
 Then ``z0 + z1 = f(a, b) + f(e, b) + f(a, d) + f(e, d) = f(x, y)``. Bilinearity lets server0 fold
@@ -26,13 +26,20 @@ from .tensors import PrivateTensor
 
 def open_masked(prot, m0: tf.Tensor, m1: tf.Tensor, what: str) -> tuple[tf.Tensor, tf.Tensor]:
     """Both servers learn ``m0 + m1`` (a masked, uniformly random value): its copies on server0, server1."""
+    (on0,), (on1,) = open_together(prot, [m0], [m1], what)
+    return on0, on1
+
+
+def open_together(prot, parts0: list, parts1: list, what: str, join=tf.add) -> tuple[list, list]:
+    """Both servers learn ``join(parts0[k], parts1[k])`` for every ``k`` (masked values), in one message each
+    way (:meth:`~.comm.Channel.send_many`): the lists of their copies on server0 and on server1."""
     s0, s1 = prot.server0, prot.server1
-    m1_at0 = prot.channel.send(m1, s1, s0, what)
-    m0_at1 = prot.channel.send(m0, s0, s1, what)
+    at0 = prot.channel.send_many(parts1, s1, s0, what, like=parts0)
+    at1 = prot.channel.send_many(parts0, s0, s1, what, like=parts1)
     with tf.device(s0.device):
-        on0 = m0 + m1_at0
+        on0 = [join(mine, theirs) for mine, theirs in zip(parts0, at0)]
     with tf.device(s1.device):
-        on1 = m0_at1 + m1
+        on1 = [join(theirs, mine) for theirs, mine in zip(at1, parts1)]
     return on0, on1
 
 
@@ -44,8 +51,7 @@ def product(prot, x: PrivateTensor, y: PrivateTensor, spec: TripleSpec) -> Priva
         e0, d0 = x.share0 - t.a0, y.share0 - t.b0
     with tf.device(s1.device):
         e1, d1 = x.share1 - t.a1, y.share1 - t.b1
-    e_on0, e_on1 = open_masked(prot, e0, e1, "open_e")
-    d_on0, d_on1 = open_masked(prot, d0, d1, "open_d")
+    (e_on0, d_on0), (e_on1, d_on1) = open_together(prot, [e0, d0], [e1, d1], "open_ed")
     with tf.device(s0.device):
         z0 = t.c0 + spec.apply(e_on0, t.b0) + spec.apply(t.a0 + e_on0, d_on0)
     with tf.device(s1.device):

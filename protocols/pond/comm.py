@@ -130,6 +130,37 @@ class Channel:
             counter.assign_add(tf.stack([nbytes, tf.constant(1, tf.int64)]), name=f"count_{what}")
         return received
 
+    def send_many(self, tensors, src, dst, what: str, *, like=None) -> list[tf.Tensor]:
+        """Several tensors of one dtype (on ``src``'s device) as tensors on ``dst``'s device, in **one** message.
+
+        Between processes every message is an RPC of its own, so tensors that go over one link in one round
+        travel packed: flattened and concatenated on ``src``, split and reshaped on ``dst`` (bytes counted as
+        the parts' sum, one message). Shapes must be fully known, or ``like`` gives, on ``dst``, a tensor of
+        each one's shape (a server's own part of an opening); otherwise the tensors go one by one.
+        """
+        tensors = list(tensors)
+        if len(tensors) == 1:
+            return [self.send(tensors[0], src, dst, what)]
+        if src == dst or not tensors:
+            return tensors
+        dtypes = {t.dtype for t in tensors}
+        if len(dtypes) != 1:
+            raise ProtocolError(f"send_many packs tensors of one dtype. Received dtypes: {sorted(d.name for d in dtypes)}")
+        static = all(t.shape.is_fully_defined() for t in tensors)
+        if not static and like is None:
+            return [self.send(t, src, dst, what) for t in tensors]
+        with tf.device(src.device):
+            packed = tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0, name=f"pack_{what}")
+        received = self.send(packed, src, dst, what)
+        with tf.device(dst.device):
+            if static:
+                sizes = [t.shape.num_elements() for t in tensors]
+                shapes = [t.shape for t in tensors]
+            else:
+                shapes = [tf.shape(t) for t in like]
+                sizes = [tf.size(t) for t in like]
+            return [tf.reshape(part, shape) for part, shape in zip(tf.split(received, sizes), shapes)]
+
     def _counter(self, key: tuple[str, str, str, str], device: str) -> tf.Variable:
         with self._lock:
             if key not in self._counters:

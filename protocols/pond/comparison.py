@@ -57,44 +57,54 @@ import tensorflow as tf
 
 from tfe_lite import ring
 
-from tfe_lite.errors import ShapeError
+from tfe_lite.errors import ProtocolError, ShapeError
 
+from .beaver import open_together
 from .dealer import TripleSpec
 from .tensors import PrivateTensor
 
 
 def _open(prot, parts, what: str):
     """Both servers learn the XOR (``what`` starting with "xor") or the sum of two parts."""
-    s0, s1 = prot.server0, prot.server1
-    at0 = prot.channel.send(parts[1], s1, s0, what)
-    at1 = prot.channel.send(parts[0], s0, s1, what)
-    join = tf.bitwise.bitwise_xor if what.startswith("xor") else tf.add
-    with tf.device(s0.device):
-        on0 = join(parts[0], at0)
-    with tf.device(s1.device):
-        on1 = join(at1, parts[1])
+    (on0,), (on1,) = open_together(prot, [parts[0]], [parts[1]], what, _join(what))
     return on0, on1
 
 
-def _and(prot, x: tuple, y: tuple) -> tuple:
-    """XOR shares of ``x & y`` for XOR-shared int64 words (one round, one binary triple); ``x`` may have
-    fewer dimensions than ``y`` (it broadcasts, and is opened once for all of ``y``'s rows)."""
-    t = prot.dealer.triple(TripleSpec("and", tuple(x[0].shape), tuple(y[0].shape)))
+def _join(what: str):
+    return tf.bitwise.bitwise_xor if what.startswith("xor") else tf.add
+
+
+def _and(prot, x: tuple, y: tuple, t=None) -> tuple:
+    """XOR shares of ``x & y`` for XOR-shared int64 words (one round, one binary triple ``t``, dealt here
+    when not given); ``x`` may have fewer dimensions than ``y`` (it broadcasts, and is opened once for all
+    of ``y``'s rows). ``e`` and ``d`` travel in one message each way."""
+    spec = and_spec(tuple(x[0].shape), tuple(y[0].shape))
+    if t is None:
+        t = prot.dealer.triple(spec)
+    elif tuple(t.a0.shape) != spec.shape_a or tuple(t.b0.shape) != spec.shape_b:
+        raise ProtocolError(f"an AND triple of shapes {t.a0.shape}, {t.b0.shape} was dealt for {spec}")
     s0, s1 = prot.server0, prot.server1
     band, bxor = tf.bitwise.bitwise_and, tf.bitwise.bitwise_xor
     with tf.device(s0.device):
         e0, d0 = bxor(x[0], t.a0), bxor(y[0], t.b0)
     with tf.device(s1.device):
         e1, d1 = bxor(x[1], t.a1), bxor(y[1], t.b1)
-    e_on = _open(prot, (e0, e1), "xor_and")
-    d_on = _open(prot, (d0, d1), "xor_and")
+    (e, d), (e_1, d_1) = open_together(prot, [e0, d0], [e1, d1], "xor_and", bxor)
     with tf.device(s0.device):
-        e, d = e_on[0], d_on[0]
         z0 = bxor(bxor(t.c0, band(e, bxor(t.b0, d))), band(d, t.a0))  # c0 ^ e&b0 ^ d&a0 ^ e&d
     with tf.device(s1.device):
-        e, d = e_on[1], d_on[1]
-        z1 = bxor(t.c1, bxor(band(e, t.b1), band(d, t.a1)))
+        z1 = bxor(t.c1, bxor(band(e_1, t.b1), band(d_1, t.a1)))
     return z0, z1
+
+
+def and_spec(shape_x: tuple, shape_y: tuple) -> TripleSpec:
+    return TripleSpec("and", tuple(shape_x), tuple(shape_y))
+
+
+def carry_tree_specs(bits: int, words: int) -> list[TripleSpec]:
+    """The AND triples of the carry tree over ``bits`` positions of ``words``-word planes, level by level:
+    ``p_hi`` of ``h`` pairs against ``g_lo`` and ``p_lo`` stacked (``g_lo`` alone at the last level)."""
+    return [and_spec((h, words), (2, h, words) if h > 1 else (1, words)) for h in and_levels(bits)]
 
 
 def and_levels(bits: int) -> list[int]:
@@ -141,21 +151,27 @@ def msb(prot, x: PrivateTensor, magnitude_bits: int | None = None, times: Privat
     bits, bounded = bounded_bits(magnitude_bits)
     if times is not None and tuple(times.shape) != shape:
         raise ShapeError(f"msb: `times` must have the shape of `x` {list(shape)}. Received: times.shape={list(times.shape)}")
-    r = prot.dealer.triple(TripleSpec("edabit", shape, bits=bits + 1))
-    if times is None:
-        dabit, e_on = prot.dealer.triple(TripleSpec("dabit", shape)), None
-    else:  # e = times - b goes with the mask, in the first round
-        dabit = prot.dealer.triple(TripleSpec("dabit_mul", shape, shape))
-        with tf.device(s0.device):
-            e0 = times.share0 - dabit.b0
-        with tf.device(s1.device):
-            e1 = times.share1 - dabit.b1
-        e_on = _open(prot, (e0, e1), "open_e")
+    # All of the comparison's correlated randomness at once (an online dealer sends it in one message to
+    # each server): the edaBit, the daBit (with a product: its mask and s * u) and the AND triples.
+    n = int(np.prod(shape, dtype=np.int64))
+    dabit_spec = TripleSpec("dabit", shape) if times is None else TripleSpec("dabit_mul", shape, shape)
+    r, dabit, *and_triples = prot.dealer.triples(
+        [TripleSpec("edabit", shape, bits=bits + 1), dabit_spec, *carry_tree_specs(bits, ring.plane_words(n))])
     with tf.device(s0.device):
         m0 = x.share0 + r.a0 + (np.int64(1) << np.int64(bits) if bounded else np.int64(0))
     with tf.device(s1.device):
         m1 = x.share1 + r.a1
-    m_on = _open(prot, (m0, m1), "open_mask")
+    if times is None:
+        (m_on0,), (m_on1,) = open_together(prot, [m0], [m1], "open_mask")
+        e_on = None
+    else:  # e = times - u goes with the mask, in the first round (one message each way)
+        with tf.device(s0.device):
+            e0 = times.share0 - dabit.b0
+        with tf.device(s1.device):
+            e1 = times.share1 - dabit.b1
+        (m_on0, e_on0), (m_on1, e_on1) = open_together(prot, [m0, e0], [m1, e1], "open_mask")
+        e_on = (e_on0, e_on1)
+    m_on = (m_on0, m_on1)
     g, p, top = [], [], []
     for i, (server, planes) in enumerate(((s0, r.c0), (s1, r.c1))):
         with tf.device(server.device):
@@ -177,7 +193,7 @@ def msb(prot, x: PrivateTensor, magnitude_bits: int | None = None, times: Privat
                 lhs.append(p_hi)
                 rhs.append(g_lo if h == 1 else tf.stack([g_lo, p_lo]))
                 g_hi.append(g_high)
-        products = _and(prot, tuple(lhs), tuple(rhs))
+        products = _and(prot, tuple(lhs), tuple(rhs), and_triples.pop(0))
         for i, server in enumerate((s0, s1)):
             with tf.device(server.device):
                 carried = bxor(g_hi[i], products[i] if h == 1 else products[i][0])

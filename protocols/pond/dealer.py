@@ -10,7 +10,8 @@ each value is shared, depends on the spec's ``op`` (:data:`~.triples.KINDS`, tab
 
 Seeded triples: the producer draws two fresh seeds. Server0's parts ``a0, b0, c0`` are all expanded from
 seed 0 (streams 0, 1, 2), server1's ``a1, b1`` from seed 1; only ``c1`` (``c - c0`` or ``c ^ c0``) travels in
-full. A triple thus costs ``64 + 8 * size(c)`` bytes of producer traffic.
+full. A triple thus costs ``64 + 8 * size(c)`` bytes of producer traffic, in one message to each server (or
+several triples in one pair of messages: :meth:`TripleSource.triples`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ class TripleSource(abc.ABC):
     def triple(self, spec: TripleSpec) -> Triple:
         """Parts of a fresh triple for ``spec``, each on its server's device."""
 
+    def triples(self, specs) -> list[Triple]:
+        """Fresh triples for several specs that one operation needs together (a dealer may send them in
+        fewer messages)."""
+        return [self.triple(spec) for spec in specs]
+
 
 class OnlineDealer(TripleSource):
     """The crypto producer makes each triple on demand, from fresh seeds.
@@ -71,33 +77,50 @@ class OnlineDealer(TripleSource):
       1. producer: seeds ``s0, s1`` from its stream; ``a_i, b_i`` = expand(``s_i``); ``c0`` = expand(``s0``);
          ``c = f(a, b)`` with ``a = a0 + a1`` (or ``a0 ^ a1`` for XOR-shared kinds); ``c1 = c - c0`` (or ``^``).
       2. producer -> server0: ``s0`` (32 bytes); server0 expands ``a0, b0, c0``.
-      3. producer -> server1: ``s1`` and ``c1``; server1 expands ``a1, b1``.
+      3. producer -> server1: ``s1`` and ``c1``, in one message; server1 expands ``a1, b1``.
+
+    :meth:`triples` deals several at once in one message to each server (the seeds of all to server0; the
+    seeds and ``c1`` parts of all to server1): a comparison's whole correlated randomness (an edaBit, a
+    daBit and an AND triple per level) costs two producer messages.
     """
 
-    @eager_serialized
     def triple(self, spec: TripleSpec) -> Triple:
-        prot, kind = self.protocol, spec.kind
+        return self.triples([spec])[0]
+
+    @eager_serialized
+    def triples(self, specs) -> list[Triple]:
+        specs = list(specs)
+        prot = self.protocol
         producer, s0, s1 = prot.producer, prot.server0, prot.server1
+        seeds0, seeds1, c1s = [], [], []
         with tf.device(producer.device):
             stream = prot.streams.stream(producer)
-            seed0, seed1 = stream.next_seed(), stream.next_seed()
-            a = _join(kind.ab_a, _expand(seed0, spec.part_shape_a, _A), _expand(seed1, spec.part_shape_a, _A))
-            b = None
-            if kind.has_b:
-                b = _join(kind.ab_b, _expand(seed0, spec.shape_b, _B), _expand(seed1, spec.shape_b, _B))
-            c1 = _split_off(kind.c, spec.apply(a, b), _expand(seed0, spec.shape_c, _C))
-        send = prot.channel.send
-        seed0 = send(seed0, producer, s0, "triple_seed")
-        seed1 = send(seed1, producer, s1, "triple_seed")
-        c1 = send(c1, producer, s1, "triple_c1")
-        with tf.device(s0.device):
-            a0 = _expand(seed0, spec.part_shape_a, _A)
-            b0 = _expand(seed0, spec.shape_b, _B) if kind.has_b else None
-            c0 = _expand(seed0, spec.shape_c, _C)
-        with tf.device(s1.device):
-            a1 = _expand(seed1, spec.part_shape_a, _A)
-            b1 = _expand(seed1, spec.shape_b, _B) if kind.has_b else None
-        return Triple(a0, b0, c0, a1, b1, c1)
+            for spec in specs:
+                kind = spec.kind
+                seed0, seed1 = stream.next_seed(), stream.next_seed()
+                a = _join(kind.ab_a, _expand(seed0, spec.part_shape_a, _A), _expand(seed1, spec.part_shape_a, _A))
+                b = None
+                if kind.has_b:
+                    b = _join(kind.ab_b, _expand(seed0, spec.shape_b, _B), _expand(seed1, spec.shape_b, _B))
+                c1s.append(_split_off(kind.c, spec.apply(a, b), _expand(seed0, spec.shape_c, _C)))
+                seeds0.append(seed0)
+                seeds1.append(seed1)
+        send = prot.channel.send_many
+        seeds0 = send(seeds0, producer, s0, "triple_seed")
+        received = send(seeds1 + c1s, producer, s1, "triple_c1")
+        seeds1, c1s = received[:len(specs)], received[len(specs):]
+        triples = []
+        for spec, seed0, seed1, c1 in zip(specs, seeds0, seeds1, c1s):
+            kind = spec.kind
+            with tf.device(s0.device):
+                a0 = _expand(seed0, spec.part_shape_a, _A)
+                b0 = _expand(seed0, spec.shape_b, _B) if kind.has_b else None
+                c0 = _expand(seed0, spec.shape_c, _C)
+            with tf.device(s1.device):
+                a1 = _expand(seed1, spec.part_shape_a, _A)
+                b1 = _expand(seed1, spec.shape_b, _B) if kind.has_b else None
+            triples.append(Triple(a0, b0, c0, a1, b1, c1))
+        return triples
 
 
 _dealer_ids = itertools.count()
@@ -215,7 +238,7 @@ class PrecomputedDealer(TripleSource):
         if not tf.executing_eagerly():
             raise ProtocolError("PrecomputedDealer.precompute is the offline phase: call it eagerly, not inside tf.function.")
         with self.protocol.channel.phase("offline"):
-            triples = [self.generator.triple(spec) for _ in range(count)]
+            triples = self.generator.triples([spec] * count)
         self._pool(spec, create=True).append(triples)
 
     def plan(self, fn: Callable, *args) -> list[TripleSpec]:

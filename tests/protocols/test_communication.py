@@ -73,3 +73,55 @@ def test_count_communication_inside_a_trace_is_refused(prot):
 
     with pytest.raises(Exception, match="ProtocolError: count_communication.. counts executions"):
         f()
+
+
+def _messages(log):
+    links = {}
+    for t in log.transfers:
+        links[(t.src, t.dst)] = links.get((t.src, t.dst), 0) + t.count
+    return links
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_one_message_per_link_and_round(prot, traced):
+    """What goes over one link in one round travels as one message (between processes each is an RPC):
+    a product opens e and d together, the producer deals a triple (or a comparison's whole correlated
+    randomness) in one message to each server, a relu sends one message each way per round (7 rounds)."""
+    from tfe_lite.protocols.pond import comparison
+
+    x = prot.share(np.linspace(-3, 3, 300).reshape(3, 100), "alice")
+    y = prot.share(np.ones((3, 100)), "bob")
+    cases = {"product": lambda a, b: a * b, "relu": lambda a, b: prot.relu(a)}
+    rounds = 2 + len(comparison.and_levels(prot.fixedpoint.int_bits + prot.fixedpoint.frac_bits + 1))
+    expected = {"product": {("server0", "server1"): 1, ("server1", "server0"): 1},
+                "relu": {("server0", "server1"): rounds, ("server1", "server0"): rounds}}
+    for name, op in cases.items():
+        fn = tf.function(lambda a0, a1, b0, b1, op=op: op(
+            prot.from_shares(a0, a1, fixedpoint=prot.fixedpoint), prot.from_shares(b0, b1, fixedpoint=prot.fixedpoint)).shares)
+        run = fn if traced else fn.python_function
+        with prot.count_communication() as log:
+            z = run(*x.shares, *y.shares)
+        producer = {("crypto-producer", "server0"): 1, ("crypto-producer", "server1"): 1}
+        assert _messages(log) == {**expected[name], **producer}, name
+        value = (z[0] + z[1]).numpy() / prot.fixedpoint.scale
+        truth = np.linspace(-3, 3, 300).reshape(3, 100)
+        np.testing.assert_allclose(value, np.maximum(truth, 0) if name == "relu" else truth, atol=2e-4)
+
+
+def test_send_many_packs_parts_of_unknown_shape_by_the_receivers_own(prot):
+    """Inside a trace with an unknown batch, the receiver splits a packed opening by its own parts' shapes."""
+    channel, s0, s1 = prot.channel, prot.server0, prot.server1
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.int64), tf.TensorSpec([None], tf.int64)])
+    def swap(a, b):
+        with tf.device(s0.device):
+            a0, b0 = a + 1, b + 2
+        with tf.device(s1.device):
+            like = [tf.zeros_like(a), tf.zeros_like(b)]
+        return channel.send_many([a0, b0], s0, s1, "test", like=like)
+
+    a, b = swap(tf.reshape(tf.range(12, dtype=tf.int64), [4, 3]), tf.range(5, dtype=tf.int64))
+    np.testing.assert_array_equal(a.numpy(), np.arange(12).reshape(4, 3) + 1)
+    np.testing.assert_array_equal(b.numpy(), np.arange(5) + 2)
+    with pytest.raises(Exception, match="one dtype"):
+        channel.send_many([tf.constant([1], tf.int64), tf.constant([1], tf.int32)], s0, s1, "test")

@@ -115,7 +115,7 @@ def test_checked_mode_reveals_only_the_count(config, monkeypatch):
     assert len(counts) == 2 and all(c.shape == () for c in counts)
     assert int(counts[0]) + int(counts[1]) == 0  # the two halves open the count (0) and nothing else
     kinds = {what for server in ("server0", "server1") for what, _ in views[server]}
-    assert kinds == {"share_seed", "share", "triple_seed", "triple_c1", "open_e", "open_d", "open_mask", "xor_and",
+    assert kinds == {"share_seed", "share", "triple_seed", "triple_c1", "open_ed", "open_mask", "xor_and",
                      "xor_bit", "open_range_count"}
     with pytest.raises(tfe_lite.ConfigError, match="checked='yes'"):
         Pond(config, checked="yes")
