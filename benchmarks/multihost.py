@@ -1,7 +1,8 @@
 """Private matmul and LeNet inference with every player a `tfe-lite serve` process on 127.0.0.1, against
 local mode, in one run.
 
-Run: python benchmarks/multihost.py [--size 512] [--batches 1 64] [--repeats 10] [--rtt-ms 20]
+Run: python benchmarks/multihost.py [--size 512] [--batches 1 64] [--repeats 10] [--rtt-ms 20] [--offline]
+     [--player-threads N]
 
 The script starts server0, server1, the crypto producer and the model owner as `tfe-lite serve` processes
 (free 127.0.0.1 ports, stopped at the end whatever happens) and drives them as alice. The same process
@@ -21,6 +22,11 @@ Bytes: TCP bytes between the cluster's processes, as the kernel counts them on e
 private matmul sends (``Pond.count_communication``, run-time counters) and the Pond formula.
 
 Measured for each multi-host case, outside the timed runs.
+
+``--offline``: LeNet's triples come from a precomputed dealer (made before the timed runs, in both modes),
+so the timed runs are the online phase: the producer takes no part. ``--player-threads N``: each served
+player's TensorFlow thread pools (``tfe-lite serve --inter-op-threads N --intra-op-threads N``), for four
+players sharing this machine's cores.
 
 Latency: ``--rtt-ms R`` puts each served player behind a relay that delays every byte by R/2 ms each way
 (benchmarks/delay_proxy.py; ``tc netem`` is unavailable: this kernel lacks ``CONFIG_NET_SCH_NETEM``), so a
@@ -62,6 +68,10 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=positive_int, default=10, help="timed repetitions per mode")
     parser.add_argument("--rtt-ms", type=float, default=None,
                         help="add this round-trip time to every served player (a delaying relay)")
+    parser.add_argument("--offline", action="store_true",
+                        help="LeNet with a precomputed dealer (triples made before the timed runs): the online phase")
+    parser.add_argument("--player-threads", type=positive_int, default=None, metavar="N",
+                        help="each served player's inter-op and intra-op thread pools (default: TensorFlow's, one per core)")
     return parser.parse_args(argv)
 
 
@@ -77,11 +87,14 @@ def free_ports(count):
     return ports
 
 
-def start_players(cluster: Path, processes: dict, listen: dict[str, int] | None = None) -> None:
-    """Start the served players into ``processes`` (so the caller stops them whatever happens); wait until ready."""
+def start_players(cluster: Path, processes: dict, listen: dict[str, int] | None = None, threads: int | None = None) -> None:
+    """Start the served players into ``processes`` (so the caller stops them whatever happens); wait until
+    ready. ``threads``: each player's inter-op and intra-op thread pool size (None: TensorFlow's default)."""
     started = {}
     for name in SERVED:
         extra = ["--listen-port", str(listen[name])] if listen else []
+        if threads:
+            extra += ["--inter-op-threads", str(threads), "--intra-op-threads", str(threads)]
         processes[name] = started[name] = subprocess.Popen(
             [sys.executable, "-m", "tfe_lite.runtime.cli", "serve", "--config", str(cluster), "--player", name, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -111,16 +124,23 @@ def wire_bytes(ports: set[int]) -> int:
     return total
 
 
-def lenet_cases(prot, model, batches):
-    """LeNet private inference at each batch size: ``(name, function, arguments)`` cases on ``prot``."""
+def lenet_cases(prot, model, batches, offline_runs: int = 0):
+    """LeNet private inference at each batch size: ``(name, function, arguments)`` cases on ``prot``; with
+    ``offline_runs``, ``prot``'s precomputed dealer makes the triples of that many runs of each first."""
     import numpy as np
 
     from tfe_lite.keras_layers import secure
 
     private = secure(model, protocol=prot, model_owner="model-owner", client="alice")
     rng = np.random.default_rng(64)
-    return [(f"LeNet private inference, batch {b}", private.forward_function,
-             (rng.uniform(0, 1, (b, 28, 28, 1)).astype(np.float32),)) for b in batches]
+    cases = []
+    for b in batches:
+        x = rng.uniform(0, 1, (b, 28, 28, 1)).astype(np.float32)
+        if offline_runs:
+            prot.dealer.precompute_for(private.forward_function, x, runs=offline_runs)
+        cases.append((f"LeNet private inference, batch {b}" + (" (offline dealer)" if offline_runs else ""),
+                      private.forward_function, (x,)))
+    return cases
 
 
 def message_chain(config, hops=HOPS):
@@ -175,7 +195,7 @@ def main(argv=None):
         if relay.stdout.readline().strip() != "relaying":
             raise RuntimeError(f"the delaying relay did not start (exit {relay.poll()})")
     try:
-        start_players(cluster, processes, listen)
+        start_players(cluster, processes, listen, args.player_threads)
         run(args, cluster, set(ports))
     finally:
         for process in processes.values():
@@ -205,7 +225,7 @@ def run(args, cluster: Path, ports: set[int]):
 
     import tfe_lite
     from tfe_lite.devices import ensure_logical_cpus
-    from tfe_lite.protocols import Pond
+    from tfe_lite.protocols import Pond, PrecomputedDealer
 
     ensure_logical_cpus(8)  # local mode's devices, before the runtime starts
     remote = tfe_lite.RemoteConfig.load(cluster, timeout=READY_TIMEOUT).connect()
@@ -233,11 +253,14 @@ def run(args, cluster: Path, ports: set[int]):
                 private(*arguments).numpy()
             error = np.abs(private(*arguments).numpy() - x @ y).max()
             cases[f"{mode}: private {n}x{n} matmul"] = (config, private, arguments, prot, error)
-            for name, fn, fn_args in lenet_cases(prot, model, args.batches):
+            lenet_prot, runs = prot, 0
+            if args.offline:  # the triples of the warm-up, timed and traffic runs, made now
+                lenet_prot, runs = Pond(config, dealer=PrecomputedDealer()), args.repeats + 2 + 3
+            for name, fn, fn_args in lenet_cases(lenet_prot, model, args.batches, runs):
                 for _ in range(2):
                     out = fn(*fn_args)[0].numpy()
                 error = np.abs(out - model(fn_args[0]).numpy()).max()
-                cases[f"{mode}: {name}"] = (config, fn, fn_args, prot, error)
+                cases[f"{mode}: {name}"] = (config, fn, fn_args, lenet_prot, error)
                 if mode == "local":
                     graph = fn.get_concrete_function(tf.TensorSpec(fn_args[0].shape, tf.float32)).graph
                     rounds[name] = measured_rounds(graph, config)
@@ -257,18 +280,20 @@ def run(args, cluster: Path, ports: set[int]):
                 times[name].append(time.perf_counter() - start)
 
     latency = f", multi-host with {args.rtt_ms:g} ms RTT added (delaying relay)" if args.rtt_ms is not None else ""
-    print(f"\nmedian of {args.repeats} interleaved runs, online dealer (tfe_lite.ops backend: {tfe_lite.ops.backend()}, "
-          f"{os.cpu_count()} CPUs){latency}")
+    dealer = "LeNet with a precomputed dealer (online phase), the matmul with the online dealer" if args.offline else "online dealer"
+    threads = f", {args.player_threads} inter-op and intra-op threads per served player" if args.player_threads else ""
+    print(f"\nmedian of {args.repeats} interleaved runs, {dealer} (tfe_lite.ops backend: {tfe_lite.ops.backend()}, "
+          f"{os.cpu_count()} CPUs){threads}{latency}")
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name, (_, _, _, _, error) in cases.items():
         extra = f"   max |private - plaintext| {error:.1e}" if error is not None else ""
-        print(f"  {name:48s} {medians[name] * 1e3:9.1f} ms{extra}")
+        print(f"  {name:66s} {medians[name] * 1e3:9.1f} ms{extra}")
     print()
     for name in [k[len("local: "):] for k in cases if k.startswith("local: ")]:
         ratio = medians[f"multi-host: {name}"] / medians[f"local: {name}"]
         met = "met" if ratio <= 1.5 else "MISSED"
         target = "" if "messages" in name or latency else f"  (target <= 1.5x: {met})"
-        print(f"  {name:40s} multi-host / local: {ratio:.2f}x{target}")
+        print(f"  {name:58s} multi-host / local: {ratio:.2f}x{target}")
     hop = f"{HOPS} messages server0 <-> server1"
     per_message = (medians[f"multi-host: {hop}"] - medians[f"local: {hop}"]) / HOPS * 1e3
     print(f"  a message between two player processes costs {per_message:.2f} ms more than between two devices of one process")
@@ -280,7 +305,7 @@ def run(args, cluster: Path, ports: set[int]):
         print(f"  {name}: {count} rounds (traced graph) x {per_message:.2f} ms = {count * per_message:.1f} ms; "
               f"measured multi-host - local = {extra:.1f} ms")
     for batch in args.batches:
-        ms = medians[f"multi-host: LeNet private inference, batch {batch}"] * 1e3
+        ms = medians[f"multi-host: LeNet private inference, batch {batch}" + (" (offline dealer)" if args.offline else "")] * 1e3
         if batch in CRYPTEN_3PROCESS_MS and not latency:
             target = CRYPTEN_TARGET * CRYPTEN_3PROCESS_MS[batch]
             print(f"  LeNet batch {batch:<3d} multi-host {ms:.1f} ms vs CrypTen 0.4.1 in three processes "

@@ -131,7 +131,7 @@ class _Pool:
     """Every precomputed triple of one spec: stacked variables on each server, one index on server0.
 
     Triple ``i`` is row ``i`` of each server's variables. A take reads-and-advances the index atomically on
-    server0 and sends it to server1 (8 bytes), so both servers always use the same triple, each triple is
+    server0 and sends it to server1 (8 bytes; the takes of one operation in one message), so both servers always use the same triple, each triple is
     used at most once, and a run that fails half-way wastes its triple instead of putting the servers out
     of step. The variables have an unknown leading dimension and grow by :meth:`append`; a traced function
     reads them at run time, so triples precomputed after it was traced serve it too.
@@ -167,22 +167,24 @@ class _Pool:
                 var.assign(tf.concat([var, pad, new], axis=0))
 
     def take(self, prot) -> Triple:
+        return _take_all(prot, [self])[0]
+
+    def next_index(self) -> tf.Tensor:
+        """Read-and-advance the index (on server0): the row of this take."""
+        return self.index.next(name=self.op_name) - 1
+
+    def rows(self, server, index: str, i) -> dict:
+        """Server ``index``'s parts of row ``i`` (checked against the rows stored), on its device."""
         taken = {}
-        i = None
-        for server, index in ((prot.server0, "0"), (prot.server1, "1")):
-            with tf.device(server.device):
-                if i is None:
-                    i = self.index.next(name=self.op_name) - 1
-                else:
-                    i = prot.channel.send(i, prot.server0, server, "triple_index")
-                # VariableShape, not tf.shape: tf.shape of a variable reads (copies) the whole pool.
-                stored = tf.raw_ops.VariableShape(input=self.parts["a" + index].handle, out_type=tf.int64)[0]
-                check = tf.debugging.assert_less(i, stored, message=self.exhausted_message())
-                with tf.control_dependencies([check]):
-                    for name in ("a", "b", "c"):
-                        var = self.parts.get(name + index)
-                        taken[name + index] = None if var is None else tf.gather(var, i)
-        return Triple(**taken)
+        with tf.device(server.device):
+            # VariableShape, not tf.shape: tf.shape of a variable reads (copies) the whole pool.
+            stored = tf.raw_ops.VariableShape(input=self.parts["a" + index].handle, out_type=tf.int64)[0]
+            check = tf.debugging.assert_less(i, stored, message=self.exhausted_message())
+            with tf.control_dependencies([check]):
+                for name in ("a", "b", "c"):
+                    var = self.parts.get(name + index)
+                    taken[name + index] = None if var is None else tf.gather(var, i)
+        return taken
 
     def remaining(self) -> int:
         return max(0, self.size() - int(self.index.read_value()))
@@ -193,6 +195,19 @@ class _Pool:
             f"The precomputed dealer has no {self.spec} triple left{': ' + count if count else ''}. "
             "Precompute more (PrecomputedDealer.precompute / precompute_for)."
         )
+
+
+def _take_all(prot, pools: list) -> list[Triple]:
+    """One triple from each pool; server0 advances the indices and sends them to server1 in one message."""
+    with tf.device(prot.server0.device):
+        indices = [pool.next_index() for pool in pools]
+    at1 = prot.channel.send_many([tf.reshape(i, [1]) for i in indices], prot.server0, prot.server1, "triple_index")
+    triples = []
+    for pool, i0, i1 in zip(pools, indices, at1):
+        with tf.device(prot.server1.device):
+            i1 = tf.reshape(i1, [])
+        triples.append(Triple(**pool.rows(prot.server0, "0", i0), **pool.rows(prot.server1, "1", i1)))
+    return triples
 
 
 class PrecomputedDealer(TripleSource):
@@ -272,23 +287,30 @@ class PrecomputedDealer(TripleSource):
         pool = self._pool(spec, create=False)
         return 0 if pool is None else pool.remaining()
 
-    @eager_serialized
     def triple(self, spec: TripleSpec) -> Triple:
+        return self.triples([spec])[0]
+
+    @eager_serialized
+    def triples(self, specs) -> list[Triple]:
+        """One triple of each spec from the pools: the indices travel to server1 in one message."""
+        specs = list(specs)
         if not tf.executing_eagerly():
             # Inside a trace the pool may still be empty: the graph reads it when it runs.
-            return self._pool(spec, create=True).take(self.protocol)
-        pool = self._pool(spec, create=False)
-        if pool is None:
-            raise TripleExhaustedError(
-                f"The precomputed dealer has no pool for {spec}; precompute it first "
-                f"(known specs: {[str(s) for s in self._specs] or 'none'})."
-            )
+            return _take_all(self.protocol, [self._pool(spec, create=True) for spec in specs])
+        pools = [self._pool(spec, create=False) for spec in specs]
+        for spec, pool in zip(specs, pools):
+            if pool is None:
+                raise TripleExhaustedError(
+                    f"The precomputed dealer has no pool for {spec}; precompute it first "
+                    f"(known specs: {[str(s) for s in self._specs] or 'none'})."
+                )
         try:
-            return pool.take(self.protocol)
+            return _take_all(self.protocol, pools)
         except tf.errors.InvalidArgumentError as error:
             if "triple left" not in error.message:
                 raise
-            raise TripleExhaustedError(pool.exhausted_message(pool.size())) from None
+            empty = next((p for p in pools if p.remaining() == 0), pools[0])
+            raise TripleExhaustedError(empty.exhausted_message(empty.size())) from None
 
 
 def _count_takes(graph_def, dealer_id: int) -> collections.Counter:

@@ -248,3 +248,33 @@ def test_a_failed_run_does_not_put_the_servers_out_of_step(config):
         with pytest.raises(tf.errors.InvalidArgumentError, match="Cannot encode"):
             product(good, bad)
         np.testing.assert_allclose(product(good, tf.constant([2.0, -2.0], tf.float64)).numpy(), [3.0, -3.0], atol=1e-3)
+
+
+def test_a_precomputed_comparison_takes_its_triples_in_one_message(config):
+    """The online phase of a relu with precomputed triples: nothing from the producer, and the pool
+    indices of its edaBit, daBit and AND triples go to server1 in one message beside the 7 rounds."""
+    from tfe_lite.protocols.pond import comparison
+
+    dealer = PrecomputedDealer()
+    prot = Pond(config, dealer=dealer, seed=24)
+    values = np.linspace(-2, 2, 130)
+
+    @tf.function
+    def relu(x):
+        return prot.relu(prot.share(x, "alice")).reveal(to="alice")
+
+    x = tf.constant(values)
+    made = dealer.precompute_for(relu, x, runs=2)
+    assert sum(made.values()) == 2 * (2 + len(comparison.and_levels(29)))
+    for _ in range(2):
+        with prot.count_communication() as log:
+            out = relu(x)
+        np.testing.assert_allclose(out.numpy(), np.maximum(values, 0), atol=2e-4)
+        messages = collections.Counter()
+        for t in log.transfers:
+            messages[(t.src, t.dst, t.what)] += t.count
+        assert not [key for key in messages if key[0] == "crypto-producer"]
+        assert messages[("server0", "server1", "triple_index")] == 1
+        assert sum(n for (src, dst, _), n in messages.items() if (src, dst) == ("server0", "server1")) == 7 + 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match="triple left"):
+        relu(x)

@@ -169,6 +169,7 @@ def cluster_run(tmp_path_factory):
     try:
         report = processes.driver("run").result()
         report["connections"] = tunnel.connections_to(ports["listen"].values())
+        report["ready"] = processes.ready
         report["stunnel_pid"] = stunnel.popen.pid
         example = [sys.executable, str(EXAMPLE), "--seed", "5", "--size", "32"]
         runs = {mode: subprocess.Popen(example + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

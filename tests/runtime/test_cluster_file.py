@@ -164,6 +164,13 @@ def test_serve_refuses_a_port_in_use_and_a_foreign_address(tmp_path, capsys):
     assert status == 2 and "192.0.2.1 (192.0.2.1) is not an address of this machine" in err
 
 
+@pytest.mark.parametrize("flag,value", [("--inter-op-threads", "0"), ("--intra-op-threads", "-2")])
+def test_serve_refuses_a_bad_thread_count(tmp_path, capsys, flag, value):
+    path = write(tmp_path, {"players": PLAYERS})
+    status, err = serve(capsys, "--config", str(path), "--player", "server0", flag, value)
+    assert status == 2 and f"Received an invalid value for `{flag}`, expected a positive number of threads. Received: {value}" in err
+
+
 def test_serve_requires_config_and_player(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["serve", "--player", "server0"])

@@ -40,6 +40,13 @@ def local():
     return scenarios.run(Pond(config, seed=scenarios.SEED)), config
 
 
+def test_players_take_their_thread_pool_sizes(remote):
+    """The producer was served with --inter-op-threads 2 --intra-op-threads 1 (tests/runtime/tunnel.py), and
+    its results are part of every scenario checked here; the others run with TensorFlow's defaults."""
+    assert "2 inter-op threads, 1 intra-op threads" in remote["ready"]["crypto-producer"]
+    assert "op threads" not in remote["ready"]["server0"]
+
+
 def test_results_equal_local_mode_bit_for_bit(remote, local):
     results, _ = local
     assert sorted(remote["results"]) == sorted(results)

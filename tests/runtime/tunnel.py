@@ -64,11 +64,14 @@ def start(tmp: Path, served, driver: str) -> tuple[Processes, Process, dict]:
     processes.started.append(tunnel)
     try:
         for name in served:
+            # the producer runs with small thread pools of its own (as players sharing a machine would)
+            threads = ["--inter-op-threads", "2", "--intra-op-threads", "1"] if name == "crypto-producer" else []
             processes.players[name] = Process([*SERVE, "--config", str(cluster), "--player", name,
-                                               "--listen-port", str(listen[name])])
+                                               "--listen-port", str(listen[name]), *threads])
             processes.started.append(processes.players[name])
+        processes.ready = {}
         for name in served:
-            processes.players[name].expect(f"tfe-lite serve: player {name!r} ready", READY_TIMEOUT)
+            processes.ready[name] = processes.players[name].expect(f"tfe-lite serve: player {name!r} ready", READY_TIMEOUT)
     except BaseException:
         processes.close()
         raise

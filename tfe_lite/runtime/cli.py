@@ -69,8 +69,24 @@ def _load_native_ops() -> str:
         "native ops not built (`make ops`): the pure TensorFlow kernels serve")
 
 
-def serve(config: str, player: str, *, listen_port: int | None = None, stop: threading.Event | None = None) -> int:
-    """Run ``player``'s server from the cluster file ``config`` until SIGINT/SIGTERM (or ``stop`` is set)."""
+def _thread_count(name: str, value) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"Received an invalid value for `--{name}`, expected a positive number of threads. Received: {value!r}")
+    return value
+
+
+def serve(config: str, player: str, *, listen_port: int | None = None, stop: threading.Event | None = None,
+          inter_op_threads: int | None = None, intra_op_threads: int | None = None) -> int:
+    """Run ``player``'s server from the cluster file ``config`` until SIGINT/SIGTERM (or ``stop`` is set).
+
+    ``inter_op_threads`` / ``intra_op_threads``: the sizes of this player's TensorFlow thread pools (ops run
+    side by side / threads inside one op); TensorFlow's default, one per core, suits a player alone on its
+    machine. Players sharing a machine's cores compute faster with fewer each (benchmarks/multihost.py
+    gives each of four players on two cores one intra-op thread)."""
+    inter = _thread_count("inter-op-threads", inter_op_threads)
+    intra = _thread_count("intra-op-threads", intra_op_threads)
     found = cluster_file.load(config)
     cluster_file.check_player(found, player)
     where = found.where(f"players[{player!r}]")
@@ -93,6 +109,8 @@ def serve(config: str, player: str, *, listen_port: int | None = None, stop: thr
     server_def = tf.train.ServerDef(
         cluster=tf.train.ClusterSpec({job: [address]}).as_cluster_def(), job_name=job, task_index=0,
         protocol="grpc", port=listen if listen != port else 0,
+        default_session_config=tf.compat.v1.ConfigProto(
+            inter_op_parallelism_threads=inter, intra_op_parallelism_threads=intra),
     )
     stop = stop or threading.Event()
     received: list[str] = []
@@ -105,8 +123,9 @@ def serve(config: str, player: str, *, listen_port: int | None = None, stop: thr
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, on_signal)
     server = tf.distribute.Server(server_def, start=True)
+    threads = ", ".join(f"{n} {k}-op threads" for n, k in ((inter, "inter"), (intra, "intra")) if n)
     log(f"player {player!r} ready at {address} (TensorFlow job {job!r}, target {server.target}; gRPC listens on "
-        f"all interfaces at port {listen}; {native}; pid {os.getpid()})")
+        f"all interfaces at port {listen}; {native}; {threads + '; ' if threads else ''}pid {os.getpid()})")
     while not stop.wait(0.5):
         pass
     log(f"player {player!r} stopping ({received[0] if received else 'stop requested'})")
@@ -123,9 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_parser.add_argument("--player", required=True, help="the player this process runs")
     serve_parser.add_argument("--listen-port", type=int, default=None, metavar="PORT",
                               help="listen on this port instead of the address's own (a tunnel end takes that one)")
+    for kind, what in (("inter", "ops run side by side"), ("intra", "threads inside one op")):
+        serve_parser.add_argument(f"--{kind}-op-threads", type=int, default=None, metavar="N",
+                                  help=f"this player's TensorFlow {kind}-op thread pool ({what}; default: one per "
+                                       "core); fewer suit players that share a machine")
     args = parser.parse_args(argv)
     try:
-        status = serve(args.config, args.player, listen_port=args.listen_port)
+        status = serve(args.config, args.player, listen_port=args.listen_port,
+                       inter_op_threads=args.inter_op_threads, intra_op_threads=args.intra_op_threads)
     except (ConfigError, RuntimeConfigError) as error:
         print(f"{PROG} serve: error: {error}", file=sys.stderr, flush=True)
         return 2
