@@ -36,7 +36,8 @@ is opened in the first round beside the mask (16 bytes per element, uniform), an
 ``b f = t f + (1 - 2t) (e s + s u)`` is local: no extra round, and half a Beaver product's traffic.
 
 Cost between the servers: ``16 n + 16 W (rows + 1)`` bytes (:func:`server_bytes`), ``2 + ceil(log2 K)``
-rounds. Per element (``n`` a multiple of 64): ``16 + 16 * 84 / 64 = 37`` bytes in 7 rounds for
+rounds of one message each way (what a round opens is packed: :meth:`~.comm.Channel.send_many`); the
+dealer's part is dealt at once, one message to each server. Per element (``n`` a multiple of 64): ``16 + 16 * 84 / 64 = 37`` bytes in 7 rounds for
 ``K = 29``; ``16 + 16 * 186 / 64 = 62.5`` bytes in 8 rounds for the full ring (checked mode). The producer
 sends each server a 32-byte seed per dealt tensor, and server1 the parts it cannot expand: ``8 (K + 1) W``
 bytes (edaBit planes), ``8 W`` per AND output row (``2h`` rows at a level of ``h > 1`` pairs, 1 at the
