@@ -92,7 +92,7 @@ void ParallelFor(OpKernelContext* context, int64_t total, int64_t cost_per_unit,
 // Summed over k < 2^16 terms, the a0' b0' parts stay below 2^40, so bits 40..51 of the cross accumulator
 // are exactly the cross sum mod 2^12. Per K block:
 //   C += lo + 2^52 (hi + (cross >> 40))                              (mod 2^64)
-// Without IFMA a portable kernel (that the compiler vectorizes, e.g. with vpmullq) does plain a * b.
+// Without IFMA: an AVX2 kernel (below), or a portable one (that the compiler vectorizes) doing plain a * b.
 // ---------------------------------------------------------------------------------------------------------
 
 constexpr int64_t kMR = 4;     // rows of A per micro-panel
@@ -187,6 +187,83 @@ inline void MicroKernel(int64_t kc, const u64* __restrict ap, const u64* __restr
       if (accumulate) sum = _mm512_add_epi64(sum, _mm512_maskz_loadu_epi64(m, c + 8 * j));
       _mm512_mask_storeu_epi64(c + 8 * j, m, sum);
     }
+  }
+}
+
+#elif defined(__AVX2__)
+// AVX2 (no 64-bit vector multiply): with x = xl + 2^32 xh and y = yl + 2^32 yh,
+//   x y = xl yl + 2^32 (xl yh + xh yl)                              (mod 2^64)
+// vpmuludq gives xl yl exactly (64-bit lanes); vpmulld of x with y's halves swapped gives xl yh and xh yl
+// mod 2^32 in the two 32-bit halves of a lane. Summed over k with 64-bit adds (lo) and 32-bit adds (cross),
+//   C = lo + 2^32 (cross_low_half + cross_high_half)                (mod 2^64)
+// Two multiplies and two adds per 4 products; B is packed with each value's swapped copy beside it.
+constexpr int64_t kWords = 2;  // packed words per element: the value and (B only) its halves swapped
+
+inline void PackA(const u64* a, int64_t rows, int64_t k_total, int64_t lda, u64* out) {
+  for (int64_t k = 0; k < k_total; ++k, out += kWords * kMR) {
+    for (int64_t i = 0; i < kMR; ++i) {
+      out[i] = i < rows ? a[i * lda + k] : 0;
+      out[kMR + i] = 0;  // unused (the layout of the packed panels is shared with B's)
+    }
+  }
+}
+
+inline void PackB(const u64* b, int64_t cols, int64_t k_total, int64_t ldb, u64* out) {
+  for (int64_t k = 0; k < k_total; ++k, b += ldb, out += kWords * kNR) {
+    for (int64_t j = 0; j < kNR; ++j) {
+      const u64 y = j < cols ? b[j] : 0;
+      out[j] = y;
+      out[kNR + j] = (y >> 32) | (y << 32);
+    }
+  }
+}
+
+// One pass: rows r0, r0 + 1 of the A micro-panel against columns j0 .. j0 + 7 of the B micro-panel.
+inline void MicroPass(int64_t kc, const u64* __restrict ap, const u64* __restrict bp, int64_t r0, int64_t j0,
+                      u64 out[kMR][kNR]) {
+  __m256i lo[2][2], cross[2][2];
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 2; ++j) lo[i][j] = cross[i][j] = _mm256_setzero_si256();
+  }
+  for (int64_t k = 0; k < kc; ++k, ap += kWords * kMR, bp += kWords * kNR) {
+    const __m256i y0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + j0));
+    const __m256i y1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + j0 + 4));
+    const __m256i s0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + kNR + j0));
+    const __m256i s1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + kNR + j0 + 4));
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; ++i) {
+      const __m256i x = _mm256_set1_epi64x(static_cast<long long>(ap[r0 + i]));
+      lo[i][0] = _mm256_add_epi64(lo[i][0], _mm256_mul_epu32(x, y0));
+      cross[i][0] = _mm256_add_epi32(cross[i][0], _mm256_mullo_epi32(x, s0));
+      lo[i][1] = _mm256_add_epi64(lo[i][1], _mm256_mul_epu32(x, y1));
+      cross[i][1] = _mm256_add_epi32(cross[i][1], _mm256_mullo_epi32(x, s1));
+    }
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {
+#pragma GCC unroll 2
+    for (int j = 0; j < 2; ++j) {
+      const __m256i c = cross[i][j];
+      const __m256i high = _mm256_add_epi64(c, _mm256_slli_epi64(c, 32));  // (c_lo + c_hi) in the high half
+      const __m256i sum = _mm256_add_epi64(lo[i][j], _mm256_and_si256(high, _mm256_set1_epi64x(
+          static_cast<long long>(0xFFFFFFFF00000000ULL))));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out[r0 + i][j0 + 4 * j]), sum);
+    }
+  }
+}
+
+inline void MicroKernel(int64_t kc, const u64* __restrict ap, const u64* __restrict bp, u64* c, int64_t ldc,
+                        int64_t rows, int64_t cols, bool accumulate) {
+  alignas(32) u64 acc[kMR][kNR];
+  for (int64_t r0 = 0; r0 < kMR; r0 += 2) {
+    if (r0 >= rows) break;
+    for (int64_t j0 = 0; j0 < kNR; j0 += 8) {
+      if (j0 >= cols) break;
+      MicroPass(kc, ap, bp, r0, j0, acc);
+    }
+  }
+  for (int64_t i = 0; i < rows; ++i, c += ldc) {
+    for (int64_t j = 0; j < cols; ++j) c[j] = accumulate ? c[j] + acc[i][j] : acc[i][j];
   }
 }
 
@@ -1263,8 +1340,9 @@ REGISTER_OP("RingMatMul")
     .SetShapeFn(tfe_lite::RingMatMulShape)
     .Doc(R"doc(
 a @ b modulo 2^64 for int64 operands of equal rank >= 2 with equal batch dimensions (no broadcasting).
-kernel: 'amx' (AMX byte-plane products), 'vector' (AVX-512 IFMA, or portable code where the build has no
-IFMA), or 'auto': AMX where available and the product has at least 16 x 16 outputs, else vector.
+kernel: 'amx' (AMX byte-plane products), 'vector' (AVX-512 IFMA; AVX2 32-bit products where the build has
+no IFMA; else portable code), or 'auto': AMX where available and the product has at least 16 x 16 outputs,
+else vector.
 )doc");
 
 REGISTER_OP("ChaCha20Keystream")
