@@ -24,9 +24,10 @@ from .dealer import TripleSpec
 from .tensors import PrivateTensor
 
 
-def open_masked(prot, m0: tf.Tensor, m1: tf.Tensor, what: str) -> tuple[tf.Tensor, tf.Tensor]:
-    """Both servers learn ``m0 + m1`` (a masked, uniformly random value): its copies on server0, server1."""
-    (on0,), (on1,) = open_together(prot, [m0], [m1], what)
+def open_masked(prot, m0: tf.Tensor, m1: tf.Tensor, what: str, join=tf.add) -> tuple[tf.Tensor, tf.Tensor]:
+    """Both servers learn ``join(m0, m1)`` (a masked, uniformly random value; ``join`` is ``tf.add`` for
+    additive shares, XOR for binary ones): its copies on server0, server1."""
+    (on0,), (on1,) = open_together(prot, [m0], [m1], what, join)
     return on0, on1
 
 

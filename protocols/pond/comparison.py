@@ -60,29 +60,17 @@ from tfe_lite import ring
 
 from tfe_lite.errors import ProtocolError, ShapeError
 
-from .beaver import open_together
+from .beaver import open_masked, open_together
 from .dealer import TripleSpec
 from .tensors import PrivateTensor
 
 
-def _open(prot, parts, what: str):
-    """Both servers learn the XOR (``what`` starting with "xor") or the sum of two parts."""
-    (on0,), (on1,) = open_together(prot, [parts[0]], [parts[1]], what, _join(what))
-    return on0, on1
-
-
-def _join(what: str):
-    return tf.bitwise.bitwise_xor if what.startswith("xor") else tf.add
-
-
-def _and(prot, x: tuple, y: tuple, t=None) -> tuple:
-    """XOR shares of ``x & y`` for XOR-shared int64 words (one round, one binary triple ``t``, dealt here
-    when not given); ``x`` may have fewer dimensions than ``y`` (it broadcasts, and is opened once for all
-    of ``y``'s rows). ``e`` and ``d`` travel in one message each way."""
+def _and(prot, x: tuple, y: tuple, t) -> tuple:
+    """XOR shares of ``x & y`` for XOR-shared int64 words (one round, with the binary triple ``t`` dealt for
+    it by :func:`carry_tree_specs`); ``x`` may have fewer dimensions than ``y`` (it broadcasts, and is
+    opened once for all of ``y``'s rows). ``e`` and ``d`` travel in one message each way."""
     spec = and_spec(tuple(x[0].shape), tuple(y[0].shape))
-    if t is None:
-        t = prot.dealer.triple(spec)
-    elif tuple(t.a0.shape) != spec.shape_a or tuple(t.b0.shape) != spec.shape_b:
+    if tuple(t.a0.shape) != spec.shape_a or tuple(t.b0.shape) != spec.shape_b:
         raise ProtocolError(f"an AND triple of shapes {t.a0.shape}, {t.b0.shape} was dealt for {spec}")
     s0, s1 = prot.server0, prot.server1
     band, bxor = tf.bitwise.bitwise_and, tf.bitwise.bitwise_xor
@@ -159,20 +147,17 @@ def msb(prot, x: PrivateTensor, magnitude_bits: int | None = None, times: Privat
     r, dabit, *and_triples = prot.dealer.triples(
         [TripleSpec("edabit", shape, bits=bits + 1), dabit_spec, *carry_tree_specs(bits, ring.plane_words(n))])
     with tf.device(s0.device):
-        m0 = x.share0 + r.a0 + (np.int64(1) << np.int64(bits) if bounded else np.int64(0))
+        parts0 = [x.share0 + r.a0 + (np.int64(1) << np.int64(bits) if bounded else np.int64(0))]
     with tf.device(s1.device):
-        m1 = x.share1 + r.a1
-    if times is None:
-        (m_on0,), (m_on1,) = open_together(prot, [m0], [m1], "open_mask")
-        e_on = None
-    else:  # e = times - u goes with the mask, in the first round (one message each way)
+        parts1 = [x.share1 + r.a1]
+    if times is not None:  # e = times - u goes with the mask, in the first round (one message each way)
         with tf.device(s0.device):
-            e0 = times.share0 - dabit.b0
+            parts0.append(times.share0 - dabit.b0)
         with tf.device(s1.device):
-            e1 = times.share1 - dabit.b1
-        (m_on0, e_on0), (m_on1, e_on1) = open_together(prot, [m0, e0], [m1, e1], "open_mask")
-        e_on = (e_on0, e_on1)
-    m_on = (m_on0, m_on1)
+            parts1.append(times.share1 - dabit.b1)
+    opened0, opened1 = open_together(prot, parts0, parts1, "open_mask")
+    m_on = (opened0[0], opened1[0])
+    e_on = None if times is None else (opened0[1], opened1[1])
     g, p, top = [], [], []
     for i, (server, planes) in enumerate(((s0, r.c0), (s1, r.c1))):
         with tf.device(server.device):
@@ -219,7 +204,7 @@ def _to_arithmetic(prot, plane, shape: tuple, s, times=None, e_on=None):
     for server, word, sbit in ((s0, plane[0], s.a0), (s1, plane[1], s.a1)):
         with tf.device(server.device):
             masked.append(tf.bitwise.bitwise_xor(word, sbit))
-    t_on = _open(prot, masked, "xor_bit")
+    t_on = open_masked(prot, *masked, "xor_bit", join=tf.bitwise.bitwise_xor)
     bits, products = [], []
     for i, (server, share) in enumerate(((s0, s.c0), (s1, s.c1))):
         with tf.device(server.device):
@@ -253,4 +238,4 @@ def out_of_range_count(prot, z: PrivateTensor) -> tuple[tf.Tensor, tf.Tensor]:
             below, not_above = tf.reduce_sum(share[0]), tf.reduce_sum(share[1])
             size = tf.cast(tf.size(share[1]), tf.int64)
             counts.append(below - not_above + size if i == 0 else below - not_above)
-    return _open(prot, counts, "open_range_count")
+    return open_masked(prot, *counts, "open_range_count")

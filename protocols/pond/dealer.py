@@ -166,9 +166,6 @@ class _Pool:
                 pad = tf.zeros([filler, *new.shape[1:]], tf.int64)
                 var.assign(tf.concat([var, pad, new], axis=0))
 
-    def take(self, prot) -> Triple:
-        return _take_all(prot, [self])[0]
-
     def next_index(self) -> tf.Tensor:
         """Read-and-advance the index (on server0): the row of this take."""
         return self.index.next(name=self.op_name) - 1
