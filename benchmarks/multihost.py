@@ -57,6 +57,7 @@ READY_TIMEOUT = 90.0
 CRYPTEN_3PROCESS_MS = {1: 2010.0, 64: 7564.0}  # CrypTen 0.4.1, two parties and a dealer in three processes
 CRYPTEN_TARGET = 0.1
 HOPS = 40  # messages in the round-trip probe
+SHORT_HOPS = 10  # the short chain: the per-message cost is the slope between the two chains
 WIDTH = 400  # messages in the one-round probe (LeNet's forward sends about 400 tensors between players)
 
 
@@ -159,6 +160,23 @@ def message_chain(config, hops=HOPS):
             return tf.identity(x)
 
     return chain
+
+
+def touch_players(config):
+    """One op on each served player, summed on alice, with no message between served players: the fixed
+    cost of a call that reaches the cluster."""
+    import tensorflow as tf
+
+    @tf.function
+    def touch(x):
+        outs = []
+        for name in SERVED:
+            with tf.device(config.get_player(name).device):
+                outs.append(x + 1)
+        with tf.device(config.get_player("alice").device):
+            return tf.add_n(outs)
+
+    return touch
 
 
 def message_fan(config, width=WIDTH):
@@ -266,6 +284,8 @@ def run(args, cluster: Path, ports: set[int]):
                     rounds[name] = measured_rounds(graph, config)
             start = tf.constant(0, tf.int64)
             for probe, label in ((message_chain(config), f"{HOPS} messages server0 <-> server1"),
+                                 (message_chain(config, SHORT_HOPS), f"{SHORT_HOPS} messages server0 <-> server1"),
+                                 (touch_players(config), "one op on each served player, no messages between them"),
                                  (message_fan(config), f"{WIDTH} messages server0 -> server1, one round")):
                 for _ in range(2):
                     probe(start).numpy()
@@ -304,6 +324,17 @@ def run(args, cluster: Path, ports: set[int]):
         extra = (medians[f"multi-host: {name}"] - medians[f"local: {name}"]) * 1e3
         print(f"  {name}: {count} rounds (traced graph) x {per_message:.2f} ms = {count * per_message:.1f} ms; "
               f"measured multi-host - local = {extra:.1f} ms")
+    # The floor: what a call costs in waiting alone (fixed cost + rounds x the cost of one more message on the
+    # critical path, the slope between the two chains), beside the 1.5x budget of local mode.
+    slope = (medians[f"multi-host: {hop}"] - medians[f"multi-host: {SHORT_HOPS} messages server0 <-> server1"]) / (HOPS - SHORT_HOPS) * 1e3
+    fixed = medians["multi-host: one op on each served player, no messages between them"] * 1e3
+    print(f"  multi-host: one more message on the critical path costs {slope:.2f} ms (slope from {SHORT_HOPS} to {HOPS} hops); "
+          f"a call reaching every served player costs {fixed:.1f} ms with no message between them")
+    for name, count in rounds.items():
+        floor, budget = fixed + count * slope, 1.5 * medians[f"local: {name}"] * 1e3
+        print(f"  {name}: communication floor {fixed:.1f} + {count} x {slope:.2f} = {floor:.1f} ms; "
+              f"1.5x local = {budget:.1f} ms ({'below' if floor < budget else 'AT OR ABOVE'} the budget, "
+              f"{budget - floor:.1f} ms left for computation)")
     for batch in args.batches:
         ms = medians[f"multi-host: LeNet private inference, batch {batch}" + (" (offline dealer)" if args.offline else "")] * 1e3
         if batch in CRYPTEN_3PROCESS_MS and not latency:
