@@ -27,6 +27,7 @@ from .tensors import PondTensor, PrivateTensor, PublicTensor
 from .truncation import truncate_private, truncate_public
 
 _DEALERS = {"online": OnlineDealer, "precomputed": PrecomputedDealer}
+_COMPARISONS = ("auto", "dealt", "assisted")
 _PRIV, _PUB = PrivateTensor, PublicTensor
 #: Where plain values given as operands come from, for the traffic count (the program building the graph).
 DRIVER = Player("driver", "")
@@ -56,6 +57,13 @@ class Pond(ComparisonOps, ApproximationOps, GradientOps):
             truncation failure probability).
         dealer: ``"online"``, ``"precomputed"`` or a :class:`TripleSource` instance.
         seed: fixes every player's keys, for repeatable tests only (default: keys from the OS CSPRNG).
+        comparison: how comparisons (and relu, max, max pooling) run, exactly either way: ``"dealt"`` (the
+            producer deals all the correlated randomness beforehand; 7 rounds, :mod:`.comparison`),
+            ``"assisted"`` (the producer takes part online; 3 rounds and more computation per element,
+            :mod:`.assisted`; needs the online dealer: on slow links, where rounds dominate) or ``"auto"``
+            (the default: with the online dealer, comparisons of up to
+            :data:`~.comparison.ASSISTED_MAX_ELEMENTS` elements assisted, larger ones dealt; with a
+            precomputed dealer, dealt).
 
     Operators on Pond tensors: ``+ - *`` (elementwise, numpy broadcasting), ``@`` (matmul), unary ``-``,
     ``/`` by a public value, ``**`` by a positive integer, indexing ``x[...]`` and iteration over the first
@@ -109,7 +117,8 @@ class Pond(ComparisonOps, ApproximationOps, GradientOps):
     """
 
     def __init__(self, config: Config | None = None, *, fixedpoint: FixedPointConfig | str = "default",
-                 dealer: TripleSource | str = "online", seed: int | None = None, checked: bool = False):
+                 dealer: TripleSource | str = "online", seed: int | None = None, checked: bool = False,
+                 comparison: str = "auto"):
         self.config = config if config is not None else LocalConfig()
         if not isinstance(self.config, Config):
             raise ConfigError(f"Received an invalid value for `config`, expected a tfe_lite Config. Received: config={config!r}")
@@ -133,6 +142,17 @@ class Pond(ComparisonOps, ApproximationOps, GradientOps):
         if not isinstance(checked, bool):
             raise ConfigError(f"Received an invalid value for `checked`, expected True or False. Received: checked={checked!r}")
         self.checked = checked
+        if comparison not in _COMPARISONS:
+            raise ConfigError(f"Received an invalid value for `comparison`, expected one of {list(_COMPARISONS)}. Received: comparison={comparison!r}")
+        #: Whether the crypto producer is online (the online dealer), as the assisted comparison needs.
+        self.producer_online = online = type(self.dealer) is OnlineDealer
+        if comparison == "assisted" and not online:
+            raise ConfigError(
+                f"comparison='assisted' needs the crypto producer online (dealer='online'); this protocol's dealer is "
+                f"{type(self.dealer).__name__}. Use comparison='dealt' (or 'auto') with a precomputed dealer."
+            )
+        #: ``"auto"``, ``"dealt"`` or ``"assisted"``: which comparison protocol runs (see :func:`.comparison.protocol_for`).
+        self.comparison = comparison
         self._eager_functions = EagerFunctions()  # eager operations run as cached traces (see .eager)
 
     def __repr__(self) -> str:

@@ -14,6 +14,7 @@ from tfe_lite import ops, ring
 from tfe_lite.protocols import Pond, PrecomputedDealer
 from tfe_lite.protocols.pond import TripleSpec, comparison
 
+from oracle import comparison_server_bytes
 from test_pond_security import _assert_uniform, _capture_views
 
 BACKENDS = ["native", "tensorflow"]
@@ -151,19 +152,19 @@ def test_edabit_spec_needs_its_bits():
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 8, 29, 31, 32, 40, 62])
-def test_bounded_sign_bit_is_exact_at_every_width(prot, k):
+def test_bounded_sign_bit_is_exact_at_every_width(compare_prot, k):
     """Every width up to 62 positions: the edges of |x| < 2**K, with uniformly random shares."""
     rng = np.random.default_rng(k)
     top = 2**k - 1
     values = np.array(sorted({0, 1, -1, top, -top, 2**(k - 1), -(2**(k - 1)), top - 1, -(top - 1)}), np.int64)
     values = np.concatenate([values, rng.integers(-top, top + 1, 200)])
     share0 = rng.integers(-2**63, 2**63, values.shape, dtype=np.int64)
+    prot = compare_prot
     x = prot.from_shares(tf.constant(share0), tf.constant(values - share0), fixedpoint=prot.fixedpoint)
     with prot.count_communication() as log:
         bits = comparison.msb(prot, x, magnitude_bits=k)
     np.testing.assert_array_equal((bits.share0 + bits.share1).numpy(), (values < 0).astype(np.int64))
-    assert log.by_link()[("server0", "server1")] == comparison.server_bytes(values.size, k)
-    assert log.by_link()[("server1", "server0")] == comparison.server_bytes(values.size, k)
+    assert log.by_link()[("server1", "server0")] == comparison_server_bytes(prot, values.size, k)
 
 
 def test_rounds_and_bytes_per_element_of_the_default_comparison():
@@ -191,8 +192,9 @@ def test_bounded_comparison_messages_are_uniform(config, monkeypatch, value):
 
 @settings(deadline=None, max_examples=20)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 150))
-def test_fused_product_is_exact_for_any_factor(prot, seed, n):
+def test_fused_product_is_exact_for_any_factor(compare_prot, seed, n):
     """msb(x, times=f) gives [x < 0] and [x < 0] * f exactly, f any ring element (no truncation, no wrap)."""
+    prot = compare_prot
     rng = np.random.default_rng(seed)
     k = 29
     values = rng.integers(-(2**k) + 1, 2**k, n)
@@ -209,7 +211,7 @@ def test_fused_product_is_exact_for_any_factor(prot, seed, n):
     np.testing.assert_array_equal((bit.share0 + bit.share1).numpy(), negative)
     np.testing.assert_array_equal((product.share0 + product.share1).numpy(), negative * factors)
     if n:
-        assert log.by_link()[("server0", "server1")] == comparison.server_bytes(n, k, product=True)
+        assert log.by_link()[("server1", "server0")] == comparison_server_bytes(prot, n, k, product=True)
 
 
 def test_fused_product_needs_the_shape_of_x(prot):

@@ -83,26 +83,33 @@ def _messages(log):
 
 
 @pytest.mark.parametrize("traced", [False, True])
-def test_one_message_per_link_and_round(prot, traced):
+def test_one_message_per_link_and_round(compare_prot, traced):
     """What goes over one link in one round travels as one message (between processes each is an RPC):
     a product opens e and d together, the producer deals a triple (or a comparison's whole correlated
-    randomness) in one message to each server, a relu sends one message each way per round (7 rounds)."""
+    randomness) in one message to each server, a relu sends one message each way per round (7 rounds of
+    the dealt protocol; the assisted one: one round between the servers, one to the producer from each,
+    the producer's dealing and its answer to server1)."""
     from tfe_lite.protocols.pond import comparison
 
+    prot = compare_prot
     x = prot.share(np.linspace(-3, 3, 300).reshape(3, 100), "alice")
     y = prot.share(np.ones((3, 100)), "bob")
     cases = {"product": lambda a, b: a * b, "relu": lambda a, b: prot.relu(a)}
     rounds = 2 + len(comparison.and_levels(prot.fixedpoint.int_bits + prot.fixedpoint.frac_bits + 1))
-    expected = {"product": {("server0", "server1"): 1, ("server1", "server0"): 1},
-                "relu": {("server0", "server1"): rounds, ("server1", "server0"): rounds}}
+    producer = {("crypto-producer", "server0"): 1, ("crypto-producer", "server1"): 1}
+    expected = {"product": {("server0", "server1"): 1, ("server1", "server0"): 1, **producer},
+                "relu": {("server0", "server1"): rounds, ("server1", "server0"): rounds, **producer}}
+    if prot.comparison == "assisted":
+        expected["relu"] = {("server0", "server1"): 1, ("server1", "server0"): 1, ("crypto-producer", "server0"): 1,
+                            ("crypto-producer", "server1"): 2, ("server0", "crypto-producer"): 1,
+                            ("server1", "crypto-producer"): 1}
     for name, op in cases.items():
         fn = tf.function(lambda a0, a1, b0, b1, op=op: op(
             prot.from_shares(a0, a1, fixedpoint=prot.fixedpoint), prot.from_shares(b0, b1, fixedpoint=prot.fixedpoint)).shares)
         run = fn if traced else fn.python_function
         with prot.count_communication() as log:
             z = run(*x.shares, *y.shares)
-        producer = {("crypto-producer", "server0"): 1, ("crypto-producer", "server1"): 1}
-        assert _messages(log) == {**expected[name], **producer}, name
+        assert _messages(log) == expected[name], name
         value = (z[0] + z[1]).numpy() / prot.fixedpoint.scale
         truth = np.linspace(-3, 3, 300).reshape(3, 100)
         np.testing.assert_allclose(value, np.maximum(truth, 0) if name == "relu" else truth, atol=2e-4)

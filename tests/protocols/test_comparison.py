@@ -17,7 +17,8 @@ def _bits(z):
     return (z.share0 + z.share1).numpy()
 
 
-def test_sign_bit_is_exact_at_the_edges(prot):
+def test_sign_bit_is_exact_at_the_edges(compare_prot):
+    prot = compare_prot
     f = prot.fixedpoint
     u = f.resolution
     edges = np.array([0.0, u, -u, 2 * u, -2 * u, f.bound - u, -(f.bound - u), 1.0, -1.0, 0.5 * u, -0.5 * u])
@@ -27,8 +28,9 @@ def test_sign_bit_is_exact_at_the_edges(prot):
 
 @given(values=hnp.arrays(np.int64, hnp.array_shapes(min_dims=0, max_dims=3, max_side=5),
                          elements=st.integers(-2**63, 2**63 - 1)))
-def test_sign_bit_of_any_ring_element(prot, values):
+def test_sign_bit_of_any_ring_element(compare_prot, values):
     """Every int64 (the whole ring), any split into shares, any shape including empty ones."""
+    prot = compare_prot
     rng = np.random.default_rng(values.size)
     share0 = rng.integers(-2**63, 2**63, values.shape, dtype=np.int64, endpoint=False)
     share1 = values - share0  # wraps like the ring
@@ -50,7 +52,8 @@ def test_sign_bit_over_a_dense_grid_with_each_dealer(config):
         np.testing.assert_array_equal(bits, np.round(grid * prot.fixedpoint.scale) < 0)
 
 
-def test_traffic_matches_the_stated_cost(prot):
+def test_traffic_matches_the_stated_cost(config):
+    prot = Pond(config, seed=1234, comparison="dealt")
     n = 500  # 8 words per bit plane (the last one holds 52 elements)
     x = prot.share(np.ones(n), "alice")
     with prot.count_communication() as log:
@@ -121,8 +124,9 @@ def test_checked_mode_reveals_only_the_count(config, monkeypatch):
         Pond(config, checked="yes")
 
 
-def test_bounded_sign_bit_is_exact_and_cheaper(prot):
+def test_bounded_sign_bit_is_exact_and_cheaper(config):
     """With |x| < 2**K promised, the borrow runs on K bit positions only."""
+    prot = Pond(config, seed=1234, comparison="dealt")
     k = prot.fixedpoint.int_bits + prot.fixedpoint.frac_bits + 1
     rng = np.random.default_rng(7)
     values = np.concatenate([[0, 1, -1, 2**k - 1, -(2**k - 1), 2**(k - 1), -(2**(k - 1))],

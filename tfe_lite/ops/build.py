@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "ring_ops.cc"
 #: Every C++ source compiled into the one library (the first defines the source-hash symbol).
-SOURCES = (SOURCE, HERE / "dp_ops.cc", HERE / "key_ops.cc")
+SOURCES = (SOURCE, HERE / "dp_ops.cc", HERE / "key_ops.cc", HERE / "compare_ops.cc")
 LIBRARY = HERE / "_ring_ops.so"
 
 
