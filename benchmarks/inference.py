@@ -102,7 +102,9 @@ def theory(layer, in_shape, out_shape, prot) -> tuple[int, int]:
 
 
 def measured_rounds(graph, config) -> int:
-    """The longest chain of data-dependent messages (``recv_*`` ops not sent by the producer)."""
+    """The longest chain of data-dependent messages: ``recv_*`` ops, except the producer's dealing (a
+    message from the producer that depends on no earlier message; its answers in the assisted comparison
+    count)."""
     import tensorflow as tf
 
     def where(device):
@@ -114,7 +116,8 @@ def measured_rounds(graph, config) -> int:
     for op in graph.get_operations():  # ops come in a topological order
         incoming = max((depth.get(t.op.name, 0) for t in op.inputs), default=0)
         incoming = max([incoming] + [depth.get(c.name, 0) for c in op.control_inputs])
-        message = op.name.split("/")[-1].startswith("recv_") and not any(where(t.op.device) == producer for t in op.inputs)
+        dealt = incoming == 0 and any(where(t.op.device) == producer for t in op.inputs)
+        message = op.name.split("/")[-1].startswith("recv_") and not dealt
         depth[op.name] = incoming + (1 if message else 0)
     return max(depth.values())
 

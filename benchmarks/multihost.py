@@ -2,7 +2,7 @@
 local mode, in one run.
 
 Run: python benchmarks/multihost.py [--size 512] [--batches 1 64] [--repeats 10] [--rtt-ms 20] [--offline]
-     [--player-threads N]
+     [--player-threads N] [--comparison auto|dealt|assisted]
 
 The script starts server0, server1, the crypto producer and the model owner as `tfe-lite serve` processes
 (free 127.0.0.1 ports, stopped at the end whatever happens) and drives them as alice. The same process
@@ -22,6 +22,9 @@ Bytes: TCP bytes between the cluster's processes, as the kernel counts them on e
 private matmul sends (``Pond.count_communication``, run-time counters) and the Pond formula.
 
 Measured for each multi-host case, outside the timed runs.
+
+``--comparison``: Pond's comparison protocol for LeNet (``auto``, the default, as Pond's; ``dealt``: 7 rounds
+each; ``assisted``: 3 rounds each, the producer online), in both modes.
 
 ``--offline``: LeNet's triples come from a precomputed dealer (made before the timed runs, in both modes),
 so the timed runs are the online phase: the producer takes no part. ``--player-threads N``: each served
@@ -71,6 +74,8 @@ def parse_args(argv=None):
                         help="add this round-trip time to every served player (a delaying relay)")
     parser.add_argument("--offline", action="store_true",
                         help="LeNet with a precomputed dealer (triples made before the timed runs): the online phase")
+    parser.add_argument("--comparison", choices=("auto", "dealt", "assisted"), default="auto",
+                        help="Pond's comparison protocol for LeNet (default: auto, as Pond's default)")
     parser.add_argument("--player-threads", type=positive_int, default=None, metavar="N",
                         help="each served player's inter-op and intra-op thread pools (default: TensorFlow's, one per core)")
     return parser.parse_args(argv)
@@ -271,9 +276,9 @@ def run(args, cluster: Path, ports: set[int]):
                 private(*arguments).numpy()
             error = np.abs(private(*arguments).numpy() - x @ y).max()
             cases[f"{mode}: private {n}x{n} matmul"] = (config, private, arguments, prot, error)
-            lenet_prot, runs = prot, 0
+            lenet_prot, runs = Pond(config, comparison=args.comparison), 0
             if args.offline:  # the triples of the warm-up, timed and traffic runs, made now
-                lenet_prot, runs = Pond(config, dealer=PrecomputedDealer()), args.repeats + 2 + 3
+                lenet_prot, runs = Pond(config, dealer=PrecomputedDealer(), comparison=args.comparison), args.repeats + 2 + 3
             for name, fn, fn_args in lenet_cases(lenet_prot, model, args.batches, runs):
                 for _ in range(2):
                     out = fn(*fn_args)[0].numpy()
@@ -301,6 +306,7 @@ def run(args, cluster: Path, ports: set[int]):
 
     latency = f", multi-host with {args.rtt_ms:g} ms RTT added (delaying relay)" if args.rtt_ms is not None else ""
     dealer = "LeNet with a precomputed dealer (online phase), the matmul with the online dealer" if args.offline else "online dealer"
+    dealer += f", comparison={args.comparison!r}"
     threads = f", {args.player_threads} inter-op and intra-op threads per served player" if args.player_threads else ""
     print(f"\nmedian of {args.repeats} interleaved runs, {dealer} (tfe_lite.ops backend: {tfe_lite.ops.backend()}, "
           f"{os.cpu_count()} CPUs){threads}{latency}")

@@ -125,17 +125,23 @@ def server_bytes(n: int, magnitude_bits: int | None = None, product: bool = Fals
     return 8 * n * (2 if product else 1) + 8 * ring.plane_words(n) * opened_plane_words(bits)
 
 
-#: ``comparison="auto"``: the largest comparison (in elements) that takes the assisted protocol. Below it the
-#: four rounds saved outweigh the assisted protocol's extra computation between processes (about 0.1 us per
-#: element against about 0.5 ms per round on loopback, more across hosts); above it the dealt one's bit planes win.
+#: ``comparison="auto"`` on a multi-host config: the largest comparison (in elements) that takes the assisted
+#: protocol. Up to it the four rounds saved (each a network message on the critical path: 0.14 ms on loopback,
+#: about the RTT across hosts) outweigh the assisted protocol's extra work, about 0.1 us per element; above it
+#: the dealt protocol's bit planes win.
 ASSISTED_MAX_ELEMENTS = 16384
 
 
 def protocol_for(prot, n: int) -> str:
-    """``"assisted"`` or ``"dealt"``: the protocol a comparison of ``n`` elements runs with on ``prot``."""
+    """``"assisted"`` or ``"dealt"``: the protocol a comparison of ``n`` elements runs with on ``prot``.
+
+    ``comparison="auto"``: assisted on a multi-host config (``config.remote``, where a round is a network
+    message) with the online dealer, for up to :data:`ASSISTED_MAX_ELEMENTS` elements; otherwise dealt (in
+    local mode a round costs microseconds, and the dealt protocol computes less)."""
     if prot.comparison != "auto":
         return prot.comparison
-    return "assisted" if prot.producer_online and n <= ASSISTED_MAX_ELEMENTS else "dealt"
+    remote = getattr(prot.config, "remote", False)
+    return "assisted" if remote and prot.producer_online and n <= ASSISTED_MAX_ELEMENTS else "dealt"
 
 
 def msb(prot, x: PrivateTensor, magnitude_bits: int | None = None, times: PrivateTensor | None = None):

@@ -60,10 +60,10 @@ class Pond(ComparisonOps, ApproximationOps, GradientOps):
         comparison: how comparisons (and relu, max, max pooling) run, exactly either way: ``"dealt"`` (the
             producer deals all the correlated randomness beforehand; 7 rounds, :mod:`.comparison`),
             ``"assisted"`` (the producer takes part online; 3 rounds and more computation per element,
-            :mod:`.assisted`; needs the online dealer: on slow links, where rounds dominate) or ``"auto"``
-            (the default: with the online dealer, comparisons of up to
-            :data:`~.comparison.ASSISTED_MAX_ELEMENTS` elements assisted, larger ones dealt; with a
-            precomputed dealer, dealt).
+            :mod:`.assisted`; needs the online dealer: for links where rounds dominate) or ``"auto"`` (the
+            default: on a multi-host config with the online dealer, comparisons of up to
+            :data:`~.comparison.ASSISTED_MAX_ELEMENTS` elements assisted and larger ones dealt; otherwise
+            dealt). Pin it to compare results bit for bit across configs.
 
     Operators on Pond tensors: ``+ - *`` (elementwise, numpy broadcasting), ``@`` (matmul), unary ``-``,
     ``/`` by a public value, ``**`` by a positive integer, indexing ``x[...]`` and iteration over the first

@@ -29,6 +29,7 @@ import scenarios  # noqa: E402
 
 import tfe_lite  # noqa: E402
 from tfe_lite.protocols import Pond  # noqa: E402
+from tfe_lite.protocols.pond import comparison  # noqa: E402
 
 
 def emit(**result) -> None:
@@ -100,9 +101,12 @@ def run(config: tfe_lite.RemoteConfig) -> None:
         executed = executed_ops(config, work)
         fresh = [Pond(config).share(x, owner="alice").share0.numpy().tolist() for _ in range(2)]
         keras = keras_run(config)
+        _, dealt_outputs = scenarios.keras_predict(Pond(config, seed=scenarios.SEED, comparison="dealt"))
     emit(results={k: v.tolist() for k, v in results.items()}, devices=devices,
          players={p.name: p.device for p in config.players}, soft_placement=tf.config.get_soft_device_placement(),
-         placed=placed, executed=executed, fresh=fresh, keras=keras)
+         placed=placed, executed=executed, fresh=fresh, keras=keras, keras_dealt=dealt_outputs.tolist(),
+         auto={n: comparison.protocol_for(prot, n) for n in (1, comparison.ASSISTED_MAX_ELEMENTS,
+                                                               comparison.ASSISTED_MAX_ELEMENTS + 1)})
 
 
 def keras_run(config: tfe_lite.RemoteConfig) -> dict:

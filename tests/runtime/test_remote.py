@@ -17,6 +17,7 @@ import tensorflow as tf
 import scenarios
 import tfe_lite
 from tfe_lite.protocols import Pond
+from tfe_lite.protocols.pond import comparison
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "protocols"))
 from oracle import assert_close, conv_tol, encode_tol, matmul_tol, mul_tol  # noqa: E402
@@ -34,10 +35,21 @@ def test_players_stop_cleanly_on_sigterm_and_sigint(remote):
         assert status == 0 and line.startswith(f"tfe-lite serve: player {name!r} stopping"), (name, status, line)
 
 
+#: What comparison="auto" runs on the cluster for the scenarios' comparisons (all small): local mode's twin
+#: pins it, since auto runs the dealt protocol in local mode (test_auto_chooses_by_config_and_size).
+ON_CLUSTER = "assisted"
+
+
 @pytest.fixture(scope="module")
 def local():
     config = tfe_lite.LocalConfig(["alice", "bob"])
-    return scenarios.run(Pond(config, seed=scenarios.SEED)), config
+    return scenarios.run(Pond(config, seed=scenarios.SEED, comparison=ON_CLUSTER)), config
+
+
+def test_auto_chooses_by_config_and_size(remote):
+    """On the cluster comparison="auto" takes the assisted protocol (3 rounds) up to the size limit."""
+    limit = comparison.ASSISTED_MAX_ELEMENTS
+    assert remote["auto"] == {"1": ON_CLUSTER, str(limit): ON_CLUSTER, str(limit + 1): "dealt"}
 
 
 def test_players_take_their_thread_pool_sizes(remote):
@@ -137,8 +149,13 @@ def test_the_example_gives_the_local_result_on_the_cluster(remote):
 @pytest.fixture(scope="module")
 def local_keras():
     config = tfe_lite.LocalConfig(["alice", "bob"])
-    private, outputs = scenarios.keras_predict(Pond(config, seed=scenarios.SEED))
+    private, outputs = scenarios.keras_predict(Pond(config, seed=scenarios.SEED, comparison=ON_CLUSTER))
     return outputs, scenarios.graph_placement(scenarios.forward_graph(private), config)
+
+
+def test_private_keras_predict_with_the_dealt_comparison_equals_local_mode_bit_for_bit(remote):
+    _, outputs = scenarios.keras_predict(Pond(tfe_lite.LocalConfig(["alice", "bob"]), seed=scenarios.SEED, comparison="dealt"))
+    np.testing.assert_array_equal(np.asarray(remote["keras_dealt"]), outputs)
 
 
 def test_private_keras_predict_equals_local_mode_bit_for_bit(remote, local_keras):
