@@ -107,9 +107,9 @@ def measured_rounds(graph, config) -> int:
     count)."""
     import tensorflow as tf
 
-    def where(device):
+    def where(device):  # a player's device: its job (multi-host) or its logical device (local mode)
         spec = tf.DeviceSpec.from_string(device or "")
-        return spec.device_type, spec.device_index
+        return spec.job, spec.device_type, spec.device_index
 
     producer = where(config.get_player("crypto-producer").device)
     depth: dict[str, int] = {}

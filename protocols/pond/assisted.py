@@ -20,7 +20,8 @@ a test position takes, ``K + 2 <= 65``). Values mod ``P`` travel as bytes.
    with a product, ``f_i - u_i``; server0 adds a fresh seed ``sigma`` of its own (32 bytes), which the
    producer never sees. Both learn ``m = x (+ 2**K) + r`` (uniform) and ``e = f - u`` (uniform), and draw
    from ``sigma``: a coin ``beta`` per element, multipliers ``s`` uniform in ``1 .. P - 1`` and masks ``t``
-   uniform mod ``P`` per position, and a rotation ``o`` uniform in ``0 .. L - 1`` per element.
+   uniform mod ``P`` per position, and a rotation ``o`` uniform in ``0 .. L - 1`` per element (see
+   :func:`masked_tests` for how they come from ``sigma``'s keystream).
 2. Test (servers -> producer, one round, ``L`` bytes per element from each). With ``m_k``, ``r_k`` the bits
    below ``K`` (server ``i`` holds ``r_k`` as its share ``q_i`` mod ``P``) and ``w_k = m_k xor r_k``
    (``m_k + (1 - 2 m_k) r_k``, linear in the shares), per position ``k < K``:
@@ -42,8 +43,11 @@ Between the servers ``8 n`` bytes each way (``16 n`` with a product), plus serve
 server sends the producer ``L n`` bytes; the producer sends server1 ``K n`` bytes (rounded up to 8) of bits
 and ``8 n`` (``16 n``) of answer shares, and each server a 32-byte seed. For ``K = 29``: 8 bytes per element
 between the servers, 30 to the producer from each, 37 (45) from the producer. Computation is heavier
-than the dealt protocol's (``L`` positions per element mod ``P`` instead of bit planes, and ``2 L + 2``
-keystream words per element on each server), so it pays where a round costs more than that work.
+than the dealt protocol's (``L`` positions per element mod ``P`` instead of bit planes; keystream words
+per element: ``L + 1`` on each server for ``sigma``'s draws, ``K`` more on server0 and the producer for
+``q0``), so it pays where a round costs more than that work: :func:`.comparison.protocol_for` says when
+``comparison="auto"`` takes it. The mod-``P`` steps run in native kernels (``tfe_lite/ops/compare_ops.cc``)
+when built, else in TensorFlow ops that give the same values.
 
 Semi-honest security, one corrupted player of three:
 
@@ -56,8 +60,9 @@ Semi-honest security, one corrupted player of three:
   ``d`` depends on is ``beta'``, a uniform bit whatever ``x`` and ``r`` (``beta`` is), so the view is
   independent of ``x``.
 
-Values mod ``P`` (and in ``0 .. L - 1``) come from 64-bit keystream words as ``floor(w * P / 2**64)``:
-within ``P / 2**64 < 4e-18`` in statistical distance of uniform per value.
+Values mod ``P`` come from 64-bit keystream words as ``floor(w * b / 2**64)`` (:func:`below`, ``b = P`` for
+``q0``, ``b = P (P - 1)`` for a multiplier and a mask together, ``b = 2 L`` for the coin and the rotation):
+each draw is within ``b / 2**64 < 2.4e-16`` of uniform in statistical distance.
 """
 
 from __future__ import annotations

@@ -49,6 +49,9 @@ Semi-honest security, one corrupted player of three: a server sees only its shar
 it does not know), ``t`` (uniform, masked by the daBit plane) and, with a product, ``e = f - u`` (uniform,
 masked by ``u``); the lanes past the last element in a
 plane's last word are masked alike. The producer receives nothing.
+
+:mod:`.assisted` computes the same in 3 rounds with the producer online (``Pond(comparison=...)``,
+:func:`protocol_for`).
 """
 
 from __future__ import annotations
