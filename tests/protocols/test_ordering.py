@@ -39,7 +39,8 @@ def test_comparisons_are_exact(prot, data):
 
 
 @given(data=st.data())
-def test_relu_maximum_and_the_mask(prot, data):
+def test_relu_maximum_and_the_mask(compare_prot, data):
+    prot = compare_prot
     shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=4))
     a = data.draw(hnp.arrays(np.float64, shape, elements=_values(prot)))
     b = data.draw(hnp.arrays(np.float64, shape, elements=_values(prot)))
@@ -51,7 +52,8 @@ def test_relu_maximum_and_the_mask(prot, data):
 
 
 @given(data=st.data())
-def test_reduce_max_and_argmax_with_ties(prot, data):
+def test_reduce_max_and_argmax_with_ties(compare_prot, data):
+    prot = compare_prot
     shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=3, max_side=5))
     axis = data.draw(st.integers(-len(shape), len(shape) - 1))
     a = data.draw(hnp.arrays(np.float64, shape, elements=st.sampled_from([-2.0, 0.0, 1.5, 3.25])))  # many ties
@@ -77,7 +79,8 @@ def _max_pool(x, pool, strides, padding):
 
 
 @pytest.mark.parametrize("pool,strides,padding", [(2, None, "VALID"), (2, None, "SAME"), (3, 2, "SAME"), ((2, 3), (1, 2), "VALID")])
-def test_max_pool2d_equals_tensorflow(prot, pool, strides, padding):
+def test_max_pool2d_equals_tensorflow(compare_prot, pool, strides, padding):
+    prot = compare_prot
     img = np.random.default_rng(1).uniform(-4000, 4000, size=(2, 7, 6, 3))
     expected = _max_pool(_enc(prot, img), pool, strides or pool, padding)
     assert np.allclose(expected, tf.nn.max_pool2d(img, pool, strides or pool, padding).numpy(), atol=1e-3)
