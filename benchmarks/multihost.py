@@ -174,15 +174,15 @@ def message_chain(config, hops=HOPS):
     return chain
 
 
-def touch_players(config):
-    """One op on each served player, summed on alice, with no message between served players: the fixed
-    cost of a call that reaches the cluster."""
+def touch_players(config, players=SERVED):
+    """One op on each of ``players``, summed on alice, with no message between them: the fixed cost of a
+    call that reaches them."""
     import tensorflow as tf
 
     @tf.function
     def touch(x):
         outs = []
-        for name in SERVED:
+        for name in players:
             with tf.device(config.get_player(name).device):
                 outs.append(x + 1)
         with tf.device(config.get_player("alice").device):
@@ -314,6 +314,7 @@ def run(args, cluster: Path, ports: set[int]):
             for probe, label in ((message_chain(config), f"{HOPS} messages server0 <-> server1"),
                                  (message_chain(config, SHORT_HOPS), f"{SHORT_HOPS} messages server0 <-> server1"),
                                  (touch_players(config), "one op on each served player, no messages between them"),
+                                 (touch_players(config, ("server0",)), "one op on server0 alone, no message"),
                                  (message_fan(config), f"{WIDTH} messages server0 -> server1, one round"),
                                  (bulk_transfer(config), f"one message of {8 * BULK // 2**20} MiB server0 -> server1")):
                 for _ in range(2):
@@ -364,8 +365,10 @@ def run(args, cluster: Path, ports: set[int]):
     # critical path, the slope between the two chains), beside the 1.5x budget of local mode.
     slope = (medians[f"multi-host: {hop}"] - medians[f"multi-host: {SHORT_HOPS} messages server0 <-> server1"]) / (HOPS - SHORT_HOPS) * 1e3
     fixed = medians["multi-host: one op on each served player, no messages between them"] * 1e3
+    alone = medians["multi-host: one op on server0 alone, no message"] * 1e3
     print(f"  multi-host: one more message on the critical path costs {slope:.2f} ms (slope from {SHORT_HOPS} to {HOPS} hops); "
-          f"a call reaching every served player costs {fixed:.1f} ms with no message between them")
+          f"a call reaching every served player costs {fixed:.1f} ms with no message between them "
+          f"({alone:.1f} ms reaching server0 alone)")
     for name, count in rounds.items():
         floor, budget = fixed + count * slope, 1.5 * medians[f"local: {name}"] * 1e3
         print(f"  {name}: communication floor {fixed:.1f} + {count} x {slope:.2f} = {floor:.1f} ms; "

@@ -79,7 +79,7 @@ P = 67
 _LOW32 = np.int64(0xFFFFFFFF)
 # Expansion streams of the producer's seeds (s0: r0, q0, u0, y0, z0; s1: r1, u1) and of server0's sigma.
 _R, _Q, _U, _Y, _Z = 0, 1, 2, 3, 4
-_SIGMA = 0  # sigma's one stream: per element [coin, rotation, L multipliers, L masks] (see masked_tests)
+_SIGMA = 0  # sigma's one stream: per element a coin-and-rotation word, then L multiplier-and-mask words
 
 
 def below(words: tf.Tensor, bound: int) -> tf.Tensor:
