@@ -1,0 +1,31 @@
+"""benchmarks/multihost.py end to end on a tiny case: it starts its players, runs both modes, prints every
+ratio, probe and breakdown it promises, and stops its processes (the figures themselves are the README's)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "multihost.py"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("comparison", ["auto", "dealt"])
+def test_the_benchmark_runs_and_reports_its_breakdown(comparison):
+    run = subprocess.run([sys.executable, str(SCRIPT), "--size", "32", "--batches", "1", "--repeats", "1",
+                          "--comparison", comparison], capture_output=True, text=True, timeout=600)
+    out = run.stdout
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert out.count(" ready at 127.0.0.1:") == 4
+    for case in ("private 32x32 matmul", "LeNet private inference, batch 1"):
+        assert re.search(rf"{re.escape(case)}\s+multi-host / local: [\d.]+x  \(target <= 1\.5x: (met|MISSED)\)", out), case
+    assert re.search(r"a call reaching every served player costs [\d.]+ ms .*\([\d.]+ ms reaching server0 alone\)", out)
+    assert re.search(r"a link carries [\d.]+ GB/s", out)
+    rounds = int(re.search(r"LeNet private inference, batch 1: (\d+) rounds \(traced graph\)", out)[1])
+    assert rounds == (27 if comparison == "auto" else 55)  # the assisted comparison's 3 rounds against 7
+    assert re.search(r"batch 1: [\d.]+ \(fixed\) \+ [\d.]+ \(\d+ rounds\) \+ [\d.]+ \(\d+ more messages\) \+ [\d.]+ \([\d.]+ MB\)"
+                     r" \+ [\d.]+ \(local mode\) = [\d.]+ ms; measured [\d.]+ ms", out)
+    assert re.search(r"LeNet batch 1\s+multi-host [\d.]+ ms vs CrypTen", out)
+    assert re.search(r"LeNet private inference, batch 1\s+wire\s+[\d,]+\s+count\s+[\d,]+", out)
