@@ -100,6 +100,13 @@ def _bit(v: tf.Tensor, k: int) -> tf.Tensor:
     return tf.bitwise.bitwise_and(tf.bitwise.right_shift(v, np.int64(k)), np.int64(1))
 
 
+def _coin(words: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The coin ``beta`` and the rotation of each element, from its first word of ``sigma``'s keystream:
+    ``v = below(w, 2 L)`` gives ``v & 1`` and ``v >> 1``, jointly uniform."""
+    coin = below(words[:, 0], 2 * length)
+    return tf.bitwise.bitwise_and(coin, np.int64(1)), tf.bitwise.right_shift(coin, np.int64(1))
+
+
 def _pack_bytes(v: tf.Tensor) -> tf.Tensor:
     """uint8 values (any shape) as int64 words, 8 bytes per word (the tail padded with zeros)."""
     flat = tf.reshape(v, [-1])
@@ -138,8 +145,7 @@ def masked_tests(m: tf.Tensor, q: tf.Tensor, words: tf.Tensor, party: int, raw_q
     if raw_q:
         q = below(q, P)
     first = party == 0
-    coin = below(words[:, 0], 2 * length)  # the coin and the rotation, jointly uniform
-    beta, rotation = tf.bitwise.bitwise_and(coin, np.int64(1)), tf.bitwise.right_shift(coin, np.int64(1))
+    beta, rotation = _coin(words, length)
     m_bits = _bits(m, bits)
     mine = m_bits if first else tf.zeros_like(m_bits)  # a public value joins server0's share
     w = mine + (1 - 2 * m_bits) * q
@@ -233,7 +239,7 @@ def msb(prot, x: PrivateTensor, bits: int, bounded: bool, times: PrivateTensor |
             else:
                 q = tf.cast(_unpack_bytes(q1_words, (n, bits)), tf.int64)
             tests.append(masked_tests(m, q, words, party=i, raw_q=i == 0))
-            beta = tf.bitwise.bitwise_and(below(words[:, 0], 2 * length), np.int64(1))
+            beta, _ = _coin(words, length)
             top = tf.bitwise.bitwise_xor(_bit(m, bits), beta)
             publics.append(1 - top if bounded else top)
     (d0,) = send([tests[0]], s0, producer, "assisted_test")

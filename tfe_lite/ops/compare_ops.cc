@@ -42,14 +42,18 @@ inline int64_t ModP(int64_t v) {
   return r < 0 ? r + kP : r;
 }
 
+// Runs work(begin, end) over [0, total) on the op's intra-op threads (as ring_ops.cc's ParallelFor).
 template <typename Work>
-void ParallelRows(OpKernelContext* context, int64_t rows, int64_t cost_per_row, Work work) {
+void ParallelFor(OpKernelContext* context, int64_t total, int64_t cost_per_unit, Work work) {
   const auto& threads = *context->device()->tensorflow_cpu_worker_threads();
-  ::tensorflow::Shard(threads.num_threads, threads.workers, rows, cost_per_row,
+  ::tensorflow::Shard(threads.num_threads, threads.workers, total, cost_per_unit,
                       [&work](int64_t begin, int64_t end) { work(begin, end); });
 }
 
-absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
+template <typename... Args>
+absl::Status InvalidArgument(const Args&... args) {
+  return absl::InvalidArgumentError(absl::StrCat(args...));
+}
 
 class CompareBitSharesOp : public OpKernel {
  public:
@@ -60,20 +64,19 @@ class CompareBitSharesOp : public OpKernel {
     const Tensor& q0_t = context->input(1);
     OP_REQUIRES(context, r_t.dims() == 1 && q0_t.dims() == 2 && q0_t.dim_size(0) == r_t.dim_size(0) &&
                              q0_t.dim_size(1) >= 1 && q0_t.dim_size(1) <= 63,
-                Invalid(absl::StrCat("CompareBitShares: expected r [n] and q0_words [n, K] (1 <= K <= 63), got ",
-                                     r_t.shape().DebugString(), " and ", q0_t.shape().DebugString())));
+                InvalidArgument("CompareBitShares: expected r [n] and q0_words [n, K] (1 <= K <= 63), got ",
+                                     r_t.shape().DebugString(), " and ", q0_t.shape().DebugString()));
     const int64_t n = r_t.dim_size(0), bits = q0_t.dim_size(1);
     Tensor* out_t = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({n, bits}), &out_t));
     const int64_t* r = r_t.flat<int64_t>().data();
     const int64_t* q0 = q0_t.flat<int64_t>().data();
     uint8_t* out = out_t->flat<uint8_t>().data();
-    ParallelRows(context, n, 8 * bits, [&](int64_t begin, int64_t end) {
+    ParallelFor(context, n, 8 * bits, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
         const u64 value = static_cast<u64>(r[j]);
         for (int64_t k = 0; k < bits; ++k) {
-          const int64_t share = static_cast<int64_t>((value >> k) & 1) - Below(q0[j * bits + k], kP);
-          out[j * bits + k] = static_cast<uint8_t>(share < 0 ? share + kP : share);
+          out[j * bits + k] = static_cast<uint8_t>(ModP(static_cast<int64_t>((value >> k) & 1) - Below(q0[j * bits + k], kP)));
         }
       }
     });
@@ -85,20 +88,20 @@ class CompareTestsOp : public OpKernel {
   explicit CompareTestsOp(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("party", &party_));
     OP_REQUIRES_OK(context, context->GetAttr("raw_q", &raw_q_));
-    OP_REQUIRES(context, party_ == 0 || party_ == 1, Invalid(absl::StrCat("CompareTests: party must be 0 or 1, got ", party_)));
+    OP_REQUIRES(context, party_ == 0 || party_ == 1, InvalidArgument("CompareTests: party must be 0 or 1, got ", party_));
   }
 
   void Compute(OpKernelContext* context) override {
     const Tensor& m_t = context->input(0);
     const Tensor& q_t = context->input(1);
     const Tensor& words_t = context->input(2);
-    OP_REQUIRES(context, m_t.dims() == 1 && q_t.dims() == 2 && words_t.dims() == 2, Invalid("CompareTests: expected m [n], q [n, K], words [n, K + 2]"));
+    OP_REQUIRES(context, m_t.dims() == 1 && q_t.dims() == 2 && words_t.dims() == 2, InvalidArgument("CompareTests: expected m [n], q [n, K], words [n, K + 2]"));
     const int64_t n = m_t.dim_size(0), bits = q_t.dim_size(1), length = bits + 1;
     OP_REQUIRES(context, q_t.dim_size(0) == n && words_t.dim_size(0) == n && words_t.dim_size(1) == length + 1 &&
                              bits >= 1 && bits <= 63,
-                Invalid(absl::StrCat("CompareTests: expected m [n], q [n, K] (1 <= K <= 63), words [n, K + 2], got ",
+                InvalidArgument("CompareTests: expected m [n], q [n, K] (1 <= K <= 63), words [n, K + 2], got ",
                                      m_t.shape().DebugString(), ", ", q_t.shape().DebugString(), ", ",
-                                     words_t.shape().DebugString())));
+                                     words_t.shape().DebugString()));
     Tensor* out_t = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({n, length}), &out_t));
     const int64_t* m = m_t.flat<int64_t>().data();
@@ -106,7 +109,7 @@ class CompareTestsOp : public OpKernel {
     const int64_t* words = words_t.flat<int64_t>().data();
     uint8_t* out = out_t->flat<uint8_t>().data();
     const bool first = party_ == 0, raw = raw_q_;
-    ParallelRows(context, n, 40 * length, [&](int64_t begin, int64_t end) {
+    ParallelFor(context, n, 40 * length, [&](int64_t begin, int64_t end) {
       int64_t c[64];
       for (int64_t j = begin; j < end; ++j) {
         const u64 value = static_cast<u64>(m[j]);
@@ -150,15 +153,15 @@ class CompareAnyZeroOp : public OpKernel {
     const Tensor& a_t = context->input(0);
     const Tensor& b_t = context->input(1);
     OP_REQUIRES(context, a_t.dims() == 2 && a_t.shape() == b_t.shape(),
-                Invalid(absl::StrCat("CompareAnyZero: expected two [n, L] tensors, got ", a_t.shape().DebugString(),
-                                     " and ", b_t.shape().DebugString())));
+                InvalidArgument("CompareAnyZero: expected two [n, L] tensors, got ", a_t.shape().DebugString(),
+                                     " and ", b_t.shape().DebugString()));
     const int64_t n = a_t.dim_size(0), length = a_t.dim_size(1);
     Tensor* out_t = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({n}), &out_t));
     const uint8_t* a = a_t.flat<uint8_t>().data();
     const uint8_t* b = b_t.flat<uint8_t>().data();
     int64_t* out = out_t->flat<int64_t>().data();
-    ParallelRows(context, n, 4 * length, [&](int64_t begin, int64_t end) {
+    ParallelFor(context, n, 4 * length, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
         int64_t hit = 0;
         for (int64_t k = 0; k < length; ++k) {
@@ -171,16 +174,11 @@ class CompareAnyZeroOp : public OpKernel {
   }
 };
 
+// [rows of input `input`, columns of input `columns_input` + extra].
 absl::Status MatrixLike(InferenceContext* c, int input, int columns_input, int extra) {
-  auto rows = c->Dim(c->input(input), 0);
-  auto cols = c->Dim(c->input(columns_input), 1);
-  if (extra == 0) {
-    c->set_output(0, c->Matrix(rows, cols));
-    return absl::OkStatus();
-  }
-  ::tensorflow::shape_inference::DimensionHandle plus;
-  TF_RETURN_IF_ERROR(c->Add(cols, extra, &plus));
-  c->set_output(0, c->Matrix(rows, plus));
+  ::tensorflow::shape_inference::DimensionHandle cols;
+  TF_RETURN_IF_ERROR(c->Add(c->Dim(c->input(columns_input), 1), extra, &cols));
+  c->set_output(0, c->Matrix(c->Dim(c->input(input), 0), cols));
   return absl::OkStatus();
 }
 
