@@ -254,14 +254,15 @@ def main(argv=None):
 
 
 def traffic(config, fn, fn_args, prot, ports, runs=3):
-    """``(bytes on the wire, the protocol's count, the log)`` per run of ``fn``, averaged over ``runs``."""
+    """``(bytes on the wire, the protocol's count of bytes, its count of messages, the log)`` per run of
+    ``fn``, averaged over ``runs`` (the log holds all of them)."""
     import tensorflow as tf
 
     before = wire_bytes(ports)
     with config.guard(), prot.count_communication() as log:
         for _ in range(runs):
             [t.numpy() for t in tf.nest.flatten(fn(*fn_args))]
-    return (wire_bytes(ports) - before) / runs, log.total_bytes() / runs, log
+    return (wire_bytes(ports) - before) / runs, log.total_bytes() / runs, log.messages // runs, log
 
 
 def run(args, cluster: Path, ports: set[int]):
@@ -321,12 +322,9 @@ def run(args, cluster: Path, ports: set[int]):
                     probe(start).numpy()
                 cases[f"{mode}: {label}"] = (config, probe, (start,), prot, None)
 
-    counts = {}  # LeNet's messages and bytes per run (the protocol's count, on the multi-host config)
-    for name in rounds:
-        config, fn, fn_args, prot, _ = cases[f"multi-host: {name}"]
-        with config.guard(), prot.count_communication() as log:
-            [t.numpy() for t in tf.nest.flatten(fn(*fn_args))]
-        counts[name] = (log.messages, log.total_bytes())
+    # Each multi-host case's bytes and messages (on the wire and by the protocol's count), outside the timed runs.
+    traffics = {name: traffic(config, fn, fn_args, prot, ports) for name, (config, fn, fn_args, prot, error) in cases.items()
+                if name.startswith("multi-host: ") and error is not None}
     times = {name: [] for name in cases}
     for _ in range(args.repeats):  # interleaved: both modes see the same load
         for name, (config, fn, fn_args, _, _) in cases.items():
@@ -377,12 +375,12 @@ def run(args, cluster: Path, ports: set[int]):
     # What each cost adds up to: the floor, every further message (the one-round probe's cost per message),
     # the bytes (at the bulk probe's rate) and local mode's own time, beside the measured multi-host time.
     bulk = f"one message of {8 * BULK // 2**20} MiB server0 -> server1"
-    seconds_per_byte = (medians[f"multi-host: {bulk}"] - medians[f"local: {bulk}"]) / (8 * BULK)
+    bulk_extra = medians[f"multi-host: {bulk}"] - medians[f"local: {bulk}"]
+    seconds_per_byte = bulk_extra / (8 * BULK)
     print(f"  a link carries {1e-9 / seconds_per_byte:.2f} GB/s more slowly than local mode's copy "
-          f"({8 * BULK // 2**20} MiB in one message: {(medians[f'multi-host: {bulk}'] - medians[f'local: {bulk}']) * 1e3:.1f} ms more)")
+          f"({8 * BULK // 2**20} MiB in one message: {bulk_extra * 1e3:.1f} ms more)")
     for name, count in rounds.items():
-        _, _, _, prot, _ = cases[f"multi-host: {name}"]
-        messages, nbytes = counts[name]
+        _, nbytes, messages, _ = traffics[f"multi-host: {name}"]
         parts = {"fixed": fixed, f"{count} rounds": count * slope, f"{messages - count} more messages": (messages - count) * per_parallel,
                  f"{nbytes / 1e6:.2f} MB": nbytes * seconds_per_byte * 1e3, "local mode": medians[f"local: {name}"] * 1e3}
         total = sum(parts.values())
@@ -399,10 +397,7 @@ def run(args, cluster: Path, ports: set[int]):
     if latency:
         return
     print("\nbytes per run, multi-host: on the wire (kernel TCP counters, gRPC framing included) vs the protocol's count")
-    for name, (config, fn, fn_args, prot, error) in cases.items():
-        if not name.startswith("multi-host: ") or error is None:
-            continue
-        on_wire, counted, log = traffic(config, fn, fn_args, prot, ports)
+    for name, (on_wire, counted, _, log) in traffics.items():
         extra = ""
         if "matmul" in name:
             formula = 8 * 7 * n * n + 2 * 32

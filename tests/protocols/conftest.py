@@ -20,4 +20,3 @@ def prot(config):
 def compare_prot(request, config):
     """A seeded protocol with each comparison protocol (the dealt one of comparison.py, the assisted one)."""
     return Pond(config, seed=1234, comparison=request.param)
-
