@@ -2,7 +2,7 @@
 local mode, in one run.
 
 Run: python benchmarks/multihost.py [--size 512] [--batches 1 64] [--repeats 10] [--rtt-ms 20] [--offline]
-     [--player-threads N] [--comparison auto|dealt|assisted]
+     [--player-threads N] [--comparison auto|dealt|assisted] [--malloc tuned|system]
 
 The script starts server0, server1, the crypto producer and the model owner as `tfe-lite serve` processes
 (free 127.0.0.1 ports, stopped at the end whatever happens) and drives them as alice. The same process
@@ -21,7 +21,9 @@ What stands in the way is printed from probes in the same run: the fixed cost of
 served player, one more message on the critical path (the slope between chains of 10 and 40 messages), a
 further message within one round, and the byte rate of one 8 MiB message; with LeNet's rounds (from its
 multi-host graph), messages and bytes (the protocol's count) they add up to a predicted time beside the
-measured one.
+measured one. CPU time per run, summed over every process (``/proc``: the driver, each served player, the
+relay), beside local mode's: on a machine whose cores all the players share, a run takes at least that
+sum divided by the cores.
 
 Bytes: TCP bytes between the cluster's processes, as the kernel counts them on each socket (``ss -ti``
 ``bytes_received``: payload, gRPC/HTTP2 framing included), beside the protocol's own count of what one
@@ -31,6 +33,9 @@ Measured for each multi-host case, outside the timed runs.
 
 ``--comparison``: Pond's comparison protocol for LeNet (``auto``, the default, as Pond's; ``dealt``: 7 rounds
 each; ``assisted``: 3 rounds each, the producer online), in both modes.
+
+``--malloc system``: every process leaves glibc's malloc as it is (``TFE_LITE_MALLOC=system``) instead of
+keeping freed memory for the next tensor (:mod:`tfe_lite.allocator`), to measure what that setting gains.
 
 ``--offline``: LeNet's triples come from a precomputed dealer (made before the timed runs, in both modes),
 so the timed runs are the online phase: the producer takes no part. ``--player-threads N``: each served
@@ -85,6 +90,8 @@ def parse_args(argv=None):
                         help="Pond's comparison protocol for LeNet (default: auto, as Pond's default)")
     parser.add_argument("--player-threads", type=positive_int, default=None, metavar="N",
                         help="each served player's inter-op and intra-op thread pools (default: TensorFlow's, one per core)")
+    parser.add_argument("--malloc", choices=("tuned", "system"), default="tuned",
+                        help="TFE_LITE_MALLOC in every process (tfe_lite.allocator; default: tuned, as tfe_lite's)")
     return parser.parse_args(argv)
 
 
@@ -226,6 +233,7 @@ def bulk_transfer(config, size=BULK):
 
 def main(argv=None):
     args = parse_args(argv)
+    os.environ["TFE_LITE_MALLOC"] = args.malloc  # this process (both modes) and the served players it starts
     workdir = Path(tempfile.mkdtemp(prefix="tfe-multihost-"))
     ports = free_ports(2 * len(SERVED) + 1)
     players = {name: f"127.0.0.1:{port}" for name, port in zip(SERVED + ("alice",), ports)}
@@ -242,7 +250,7 @@ def main(argv=None):
             raise RuntimeError(f"the delaying relay did not start (exit {relay.poll()})")
     try:
         start_players(cluster, processes, listen, args.player_threads)
-        run(args, cluster, set(ports))
+        run(args, cluster, set(ports), {name: process.pid for name, process in processes.items()})
     finally:
         for process in processes.values():
             process.terminate()
@@ -265,12 +273,35 @@ def traffic(config, fn, fn_args, prot, ports, runs=3):
     return (wire_bytes(ports) - before) / runs, log.total_bytes() / runs, log.messages // runs, log
 
 
-def run(args, cluster: Path, ports: set[int]):
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (Linux: /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_run(config, fn, fn_args, pids: dict[str, int], seconds=1.0) -> dict[str, float]:
+    """CPU seconds per run of ``fn`` in this process (the driver; in local mode every player) and in each
+    of ``pids`` (the served players and the relay), averaged over at least 3 runs and ``seconds`` (the
+    kernel counts CPU time in clock ticks, 10 ms)."""
+    import tensorflow as tf
+
+    before, own, start, runs = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.process_time(), time.perf_counter(), 0
+    with config.guard():
+        while runs < 3 or time.perf_counter() - start < seconds:
+            [t.numpy() for t in tf.nest.flatten(fn(*fn_args))]
+            runs += 1
+    used = {"driver": time.process_time() - own}
+    used.update({name: cpu_seconds(pid) - before[name] for name, pid in pids.items()})
+    return {name: seconds / runs for name, seconds in used.items()}
+
+
+def run(args, cluster: Path, ports: set[int], pids: dict[str, int]):
     import keras
     import numpy as np
     import tensorflow as tf
 
     import tfe_lite
+    from tfe_lite.allocator import keep_freed_memory
     from tfe_lite.devices import ensure_logical_cpus
     from tfe_lite.protocols import Pond, PrecomputedDealer
 
@@ -325,6 +356,9 @@ def run(args, cluster: Path, ports: set[int]):
     # Each multi-host case's bytes and messages (on the wire and by the protocol's count), outside the timed runs.
     traffics = {name: traffic(config, fn, fn_args, prot, ports) for name, (config, fn, fn_args, prot, error) in cases.items()
                 if name.startswith("multi-host: ") and error is not None}
+    # Each private case's CPU time in every process, outside the timed runs: two CPUs run two processes' work at once.
+    cpus = {name: cpu_per_run(config, fn, fn_args, pids if name.startswith("multi-host: ") else {})
+            for name, (config, fn, fn_args, _, error) in cases.items() if error is not None}
     times = {name: [] for name in cases}
     for _ in range(args.repeats):  # interleaved: both modes see the same load
         for name, (config, fn, fn_args, _, _) in cases.items():
@@ -338,7 +372,7 @@ def run(args, cluster: Path, ports: set[int]):
     dealer += f", comparison={args.comparison!r}"
     threads = f", {args.player_threads} inter-op and intra-op threads per served player" if args.player_threads else ""
     print(f"\nmedian of {args.repeats} interleaved runs, {dealer} (tfe_lite.ops backend: {tfe_lite.ops.backend()}, "
-          f"{os.cpu_count()} CPUs){threads}{latency}")
+          f"{os.cpu_count()} CPUs; {keep_freed_memory()}){threads}{latency}")
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name, (_, _, _, _, error) in cases.items():
         extra = f"   max |private - plaintext| {error:.1e}" if error is not None else ""
@@ -393,6 +427,14 @@ def run(args, cluster: Path, ports: set[int]):
             print(f"  LeNet batch {batch:<3d} multi-host {ms:.1f} ms vs CrypTen 0.4.1 in three processes "
                   f"({CRYPTEN_3PROCESS_MS[batch]:,.0f} ms): {ms / CRYPTEN_3PROCESS_MS[batch]:.3f}x "
                   f"(target <= {CRYPTEN_TARGET}x = {target:.0f} ms: {'met' if ms <= target else 'MISSED'})")
+
+    print(f"\nCPU time per run, every process (outside the timed runs; {os.cpu_count()} CPUs run at most "
+          f"{os.cpu_count()} seconds of it per second)")
+    for name in [k[len("local: "):] for k in cpus if k.startswith("local: ")]:
+        local_cpu, remote_cpu = cpus[f"local: {name}"], cpus[f"multi-host: {name}"]
+        parts = ", ".join(f"{player} {seconds * 1e3:.1f}" for player, seconds in remote_cpu.items() if seconds >= 5e-4)
+        print(f"  {name:40s} local {sum(local_cpu.values()) * 1e3:7.1f} ms, multi-host {sum(remote_cpu.values()) * 1e3:7.1f} ms "
+              f"({parts}): {sum(remote_cpu.values()) / sum(local_cpu.values()):.2f}x")
 
     if latency:
         return

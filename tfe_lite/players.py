@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 
 import tensorflow as tf
 
+from tfe_lite import allocator
 from tfe_lite.devices import ensure_logical_cpus
 from tfe_lite.errors import ConfigError, PlayerError
 
@@ -106,7 +107,8 @@ class LocalConfig(Config):
     gets ``/device:CPU:{i+1}``; ``/device:CPU:0`` stays the host's, where the driving program runs.
 
     Creating one turns soft device placement off for the process, so an op that is placed on a player's
-    device runs there or fails, and placement can be audited. Logical devices can only be created before
+    device runs there or fails, and placement can be audited, and lets malloc keep freed memory for the next
+    tensor (:mod:`tfe_lite.allocator`). Logical devices can only be created before
     TensorFlow's runtime initializes: create the config (or call
     :func:`tfe_lite.devices.ensure_logical_cpus`) before running TensorFlow ops.
     """
@@ -116,4 +118,5 @@ class LocalConfig(Config):
         names = list(DEFAULT_PLAYERS) + [n for n in extra if n not in DEFAULT_PLAYERS]
         devices = ensure_logical_cpus(len(names) + 1)
         tf.config.set_soft_device_placement(False)
+        allocator.keep_freed_memory()
         super().__init__([Player(name, devices[i + 1]) for i, name in enumerate(names)])

@@ -28,4 +28,7 @@ def test_the_benchmark_runs_and_reports_its_breakdown(comparison):
     assert re.search(r"batch 1: [\d.]+ \(fixed\) \+ [\d.]+ \(\d+ rounds\) \+ [\d.]+ \(\d+ more messages\) \+ [\d.]+ \([\d.]+ MB\)"
                      r" \+ [\d.]+ \(local mode\) = [\d.]+ ms; measured [\d.]+ ms", out)
     assert re.search(r"LeNet batch 1\s+multi-host [\d.]+ ms vs CrypTen", out)
+    for case in ("private 32x32 matmul", "LeNet private inference, batch 1"):
+        assert re.search(rf"{re.escape(case)}\s+local\s+[\d.]+ ms, multi-host\s+[\d.]+ ms \(driver [\d.]+, server0 [\d.]+, "
+                         rf"server1 [\d.]+, .*\): [\d.]+x", out), case
     assert re.search(r"LeNet private inference, batch 1\s+wire\s+[\d,]+\s+count\s+[\d,]+", out)

@@ -59,6 +59,13 @@ def test_players_take_their_thread_pool_sizes(remote):
     assert "op threads" not in remote["ready"]["server0"]
 
 
+def test_players_keep_freed_memory(remote):
+    """Each served player sets its own process's malloc (tfe_lite.allocator; tests/test_allocator.py shows the
+    effect) and says so when ready."""
+    for name, line in remote["ready"].items():
+        assert "glibc malloc keeps freed memory: trim threshold 1 GiB, mmap threshold 32 MiB" in line, name
+
+
 def test_results_equal_local_mode_bit_for_bit(remote, local):
     results, _ = local
     assert sorted(remote["results"]) == sorted(results)

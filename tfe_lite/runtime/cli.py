@@ -24,6 +24,7 @@ import sys
 import threading
 from typing import Sequence
 
+from tfe_lite import allocator
 from tfe_lite.errors import ConfigError, RuntimeConfigError
 from tfe_lite.runtime import cluster as cluster_file
 from tfe_lite.runtime.cluster import job_name, split_address
@@ -99,6 +100,7 @@ def serve(config: str, player: str, *, listen_port: int | None = None, stop: thr
     listen = listen_port or port
     _check_port(where, host, listen)
     native = _load_native_ops()
+    memory = allocator.keep_freed_memory()
 
     import tensorflow as tf
 
@@ -125,7 +127,7 @@ def serve(config: str, player: str, *, listen_port: int | None = None, stop: thr
     server = tf.distribute.Server(server_def, start=True)
     threads = ", ".join(f"{n} {k}-op threads" for n, k in ((inter, "inter"), (intra, "intra")) if n)
     log(f"player {player!r} ready at {address} (TensorFlow job {job!r}, target {server.target}; gRPC listens on "
-        f"all interfaces at port {listen}; {native}; {threads + '; ' if threads else ''}pid {os.getpid()})")
+        f"all interfaces at port {listen}; {native}; {memory}; {threads + '; ' if threads else ''}pid {os.getpid()})")
     while not stop.wait(0.5):
         pass
     log(f"player {player!r} stopping ({received[0] if received else 'stop requested'})")

@@ -32,6 +32,7 @@ from typing import Iterator, Mapping
 
 import tensorflow as tf
 
+from tfe_lite import allocator
 from tfe_lite.errors import PartyUnavailableError, RuntimeConfigError
 from tfe_lite.players import DEFAULT_PLAYERS, Config, Player
 from tfe_lite.runtime import cluster as cluster_file
@@ -149,6 +150,7 @@ class RemoteConfig(Config):
             os.environ["GRPC_FAIL_FAST"] = "true"
             set_grpc_options()
             tf.config.set_soft_device_placement(False)
+            allocator.keep_freed_memory()
             spec = self.cluster_spec()
             job = job_name(self.driver) if self.driver else DRIVER_JOB
             outcome: list = []
