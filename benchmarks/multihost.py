@@ -292,7 +292,7 @@ def cpu_per_run(config, fn, fn_args, pids: dict[str, int], seconds=1.0) -> dict[
             runs += 1
     used = {"driver": time.process_time() - own}
     used.update({name: cpu_seconds(pid) - before[name] for name, pid in pids.items()})
-    return {name: seconds / runs for name, seconds in used.items()}
+    return {name: spent / runs for name, spent in used.items()}
 
 
 def run(args, cluster: Path, ports: set[int], pids: dict[str, int]):

@@ -116,7 +116,7 @@ class LocalConfig(Config):
     def __init__(self, player_names: Sequence[str] | None = None):
         extra = _validate_names(player_names or ())
         names = list(DEFAULT_PLAYERS) + [n for n in extra if n not in DEFAULT_PLAYERS]
+        allocator.keep_freed_memory()  # first: a bad TFE_LITE_MALLOC is refused before anything is configured
         devices = ensure_logical_cpus(len(names) + 1)
         tf.config.set_soft_device_placement(False)
-        allocator.keep_freed_memory()
         super().__init__([Player(name, devices[i + 1]) for i, name in enumerate(names)])

@@ -1,5 +1,6 @@
 """benchmarks/multihost.py end to end on a tiny case: it starts its players, runs both modes, prints every
-ratio, probe and breakdown it promises, and stops its processes (the figures themselves are the README's)."""
+ratio, probe and breakdown it promises, and stops its processes (the figures themselves are the README's);
+benchmarks/remote_call_cpu.py likewise."""
 
 import re
 import subprocess
@@ -32,3 +33,13 @@ def test_the_benchmark_runs_and_reports_its_breakdown(comparison):
         assert re.search(rf"{re.escape(case)}\s+local\s+[\d.]+ ms, multi-host\s+[\d.]+ ms \(driver [\d.]+, server0 [\d.]+, "
                          rf"server1 [\d.]+, .*\): [\d.]+x", out), case
     assert re.search(r"LeNet private inference, batch 1\s+wire\s+[\d,]+\s+count\s+[\d,]+", out)
+
+
+def test_the_remote_call_probe_reports_each_process():
+    """benchmarks/remote_call_cpu.py (the fixed cost of a call, in plain TensorFlow) on two servers."""
+    script = SCRIPT.with_name("remote_call_cpu.py")
+    run = subprocess.run([sys.executable, str(script), "--players", "2", "--calls", "5"], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for k, reached in ((1, r"p0 [\d.]+"), (2, r"p0 [\d.]+, p1 [\d.]+")):
+        assert re.search(rf"k={k}: [\d.]+ ms per call; CPU ms per call: driver [\d.]+, {reached} \(all [\d.]+\)", run.stdout), run.stdout

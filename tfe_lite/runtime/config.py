@@ -144,13 +144,13 @@ class RemoteConfig(Config):
         with _connect_lock:
             if self._connected:
                 return self
+            allocator.keep_freed_memory()  # first: a bad TFE_LITE_MALLOC is refused before the wait
             start = time.monotonic()
             incarnations = wait_for_players(self.served, self.timeout, source=self.cluster.source)
             # Fail fast: without it a gRPC call to a lost player waits for the player to come back.
             os.environ["GRPC_FAIL_FAST"] = "true"
             set_grpc_options()
             tf.config.set_soft_device_placement(False)
-            allocator.keep_freed_memory()
             spec = self.cluster_spec()
             job = job_name(self.driver) if self.driver else DRIVER_JOB
             outcome: list = []
