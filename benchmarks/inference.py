@@ -15,9 +15,9 @@ Timings are medians of interleaved repetitions, so every case sees the same mach
   than the end-to-end time at batch 1;
 * bytes per image: measured by the protocol's traffic counters, against the theory of the protocol's
   docstrings: between the servers 16 (|x| + |w|) per Beaver product and, per comparison of ``n`` elements
-  with its fused product (relu, each tournament level of max pooling),
-  ``2 * comparison.server_bytes(n, K, product=True) = 32 n + 16 ceil(n / 64) (rows + 1)`` (about 53 bytes
-  per element); the client sends 8 per input element and a 32-byte seed, receives 16 per output element;
+  with its fused product with the compared value itself (relu, each tournament level of max pooling, whose
+  mask serves the product too), ``2 * comparison.server_bytes(n, K, product=True, self_product=True) =
+  16 n + 16 ceil(n / 64) (rows + 1)`` (about 37 bytes per element); the client sends 8 per input element and a 32-byte seed, receives 16 per output element;
 * rounds: the longest chain of messages in the traced graph (the producer's, which do not depend on the
   data and an offline dealer makes ahead, left out), against the theory: 1 per Beaver product, 7 per relu,
   7 per tournament level of a pooling (over the columns of each window, then its rows), 1 to share, 1 to
@@ -83,7 +83,7 @@ def theory(layer, in_shape, out_shape, prot) -> tuple[int, int]:
     rounds = 2 + len(comparison.and_levels(k))  # one comparison, its product fused in
 
     def compare(n: int) -> int:
-        return 2 * comparison.server_bytes(n, k, product=True)
+        return 2 * comparison.server_bytes(n, k, product=True, self_product=True)
 
     n_out = math.prod(out_shape)
     if isinstance(layer, (kl.PrivateConv2D, kl.PrivateDense)):

@@ -38,8 +38,12 @@ a test position takes, ``K + 2 <= 65``). Values mod ``P`` travel as bytes.
    ``1 xor`` bit ``K``): each server sets ``b_i = [i = 0] c + (1 - 2c) y_i`` and, with a product,
    ``(b f)_i = c f_i + (1 - 2c) (e y_i + z_i)`` (``b f = c f + (1 - 2c) y f`` and ``y f = e y + y u``).
 
+With ``times`` the very ``x`` compared (relu, the tournaments) the mask serves the product too: ``u = -r``,
+so ``e = m - 2**K`` (``m`` in the full ring) needs no opening of its own, and the producer's ``z1 = y u - z0``
+is ``-y r - z0``.
+
 Cost: 3 rounds on the critical path (the dealing in step 0 depends on no data and overlaps earlier work).
-Between the servers ``8 n`` bytes each way (``16 n`` with a product), plus server0's 32-byte seed; each
+Between the servers ``8 n`` bytes each way (``16 n`` with a product by another factor), plus server0's 32-byte seed; each
 server sends the producer ``L n`` bytes; the producer sends server1 ``K n`` bytes (rounded up to 8) of bits
 and ``8 n`` (``16 n``) of answer shares, and each server a 32-byte seed. For ``K = 29``: 8 bytes per element
 between the servers, 30 to the producer from each, 37 (45) from the producer. Computation is heavier
@@ -171,15 +175,17 @@ def any_zero(d0: tf.Tensor, d1: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.reduce_any(tf.logical_or(tf.equal(d, 0), tf.equal(d, P)), axis=1), tf.int64)
 
 
-def server_bytes(n: int, magnitude_bits: int | None = None, product: bool = False) -> dict[str, int]:
+def server_bytes(n: int, magnitude_bits: int | None = None, product: bool = False,
+                 self_product: bool = False) -> dict[str, int]:
     """Bytes of :func:`msb` on ``n`` elements per link: ``"server0->server1"`` (``server1->server0`` is 32
-    less), ``"server->producer"`` (each server), ``"producer->server1"`` and ``"producer->server0"``."""
+    less), ``"server->producer"`` (each server), ``"producer->server1"`` and ``"producer->server0"``; a
+    product with ``x`` itself (``self_product``) opens nothing beside the mask."""
     from .comparison import bounded_bits
 
     bits, _ = bounded_bits(magnitude_bits)
     parts = 2 if product else 1
     return {
-        "server0->server1": 8 * parts * n + 32,
+        "server0->server1": 8 * (2 if product and not self_product else 1) * n + 32,
         "server->producer": (bits + 1) * n,
         "producer->server1": 32 + 8 * (-(-bits * n // 8)) + 8 * parts * n,
         "producer->server0": 32,
@@ -195,6 +201,7 @@ def msb(prot, x: PrivateTensor, bits: int, bounded: bool, times: PrivateTensor |
     send = prot.channel.send_many
     length = bits + 1
     product = times is not None
+    self_product = times is x  # relu, tournaments: the mask u = -r, so e = times - u is m - offset
 
     # 0. Dealing: seeds to both servers, server1's shares of r's low bits mod P.
     with tf.device(producer.device):
@@ -203,7 +210,9 @@ def msb(prot, x: PrivateTensor, bits: int, bounded: bool, times: PrivateTensor |
         r = prg.expand_seed(seed0, [n], stream=_R) + prg.expand_seed(seed1, [n], stream=_R)
         q1 = bit_shares(r, prg.expand_seed(seed0, [n, bits], stream=_Q))
         r_top = _bit(r, bits)
-        if product:
+        if self_product:
+            u = -r
+        elif product:
             u = prg.expand_seed(seed0, [n], stream=_U) + prg.expand_seed(seed1, [n], stream=_U)
         dealt1 = [seed1, _pack_bytes(q1)]
     (seed0_at0,) = send([seed0], producer, s0, "assisted_seed")
@@ -214,11 +223,11 @@ def msb(prot, x: PrivateTensor, bits: int, bounded: bool, times: PrivateTensor |
         sigma = prot.streams.stream(s0).next_seed()
         offset = np.int64(1) << np.int64(bits) if bounded else np.int64(0)
         parts0 = [tf.reshape(x.share0, [n]) + prg.expand_seed(seed0_at0, [n], stream=_R) + offset]
-        if product:
+        if product and not self_product:
             parts0.append(tf.reshape(times.share0, [n]) - prg.expand_seed(seed0_at0, [n], stream=_U))
     with tf.device(s1.device):
         parts1 = [tf.reshape(x.share1, [n]) + prg.expand_seed(seed1_at1, [n], stream=_R)]
-        if product:
+        if product and not self_product:
             parts1.append(tf.reshape(times.share1, [n]) - prg.expand_seed(seed1_at1, [n], stream=_U))
     at1 = send(parts0 + [sigma], s0, s1, "assisted_mask")
     at0 = send(parts1, s1, s0, "assisted_mask")
@@ -227,6 +236,10 @@ def msb(prot, x: PrivateTensor, bits: int, bounded: bool, times: PrivateTensor |
         opened.append([a + b for a, b in zip(parts0, at0)])
     with tf.device(s1.device):
         opened.append([a + b for a, b in zip(at1[:-1], parts1)])
+    if self_product:  # e = times - u = x + r = m - offset
+        for i, server in enumerate((s0, s1)):
+            with tf.device(server.device):
+                opened[i].append(opened[i][0] - offset)
 
     # 2. Test: each server's masked, rotated shares of the L tested values, to the producer.
     tests, publics = [], []

@@ -33,21 +33,26 @@ Steps (the producer's correlated randomness comes through the dealer, online or 
 A product with the bit (``msb(x, times=f)``: relu, the tournaments of max pooling) is fused in: the daBit
 comes with a uniform additive mask ``u`` and additive shares of ``s * u`` (kind ``dabit_mul``), ``e = f - u``
 is opened in the first round beside the mask (16 bytes per element, uniform), and
-``b f = t f + (1 - 2t) (e s + s u)`` is local: no extra round, and half a Beaver product's traffic.
+``b f = t f + (1 - 2t) (e s + s u)`` is local: no extra round, and half a Beaver product's traffic. When the
+factor is ``x`` itself (``times is x``: relu, the tournaments, whose factor is the compared difference) the
+mask serves both: the producer deals one ``edabit_dabit`` (the edaBit ``r`` and a daBit with ``s * r``), the
+servers take ``u = -r``, so ``e = x + r = m - 2**K`` (``m`` in the full ring) is known from the mask's
+opening and ``s u = -s r``: the product costs no byte between the servers.
 
-Cost between the servers: ``16 n + 16 W (rows + 1)`` bytes (:func:`server_bytes`), ``2 + ceil(log2 K)``
+Cost between the servers: ``16 n + 16 W (rows + 1)`` bytes (:func:`server_bytes`; ``16 n`` more with a
+product by another factor), ``2 + ceil(log2 K)``
 rounds of one message each way (what a round opens is packed: :meth:`~.comm.Channel.send_many`); the
 dealer's part is dealt at once, one message to each server. Per element (``n`` a multiple of 64): ``16 + 16 * 84 / 64 = 37`` bytes in 7 rounds for
 ``K = 29``; ``16 + 16 * 186 / 64 = 62.5`` bytes in 8 rounds for the full ring (checked mode). The producer
 sends each server a 32-byte seed per dealt tensor, and server1 the parts it cannot expand: ``8 (K + 1) W``
 bytes (edaBit planes), ``8 W`` per AND output row (``2h`` rows at a level of ``h > 1`` pairs, 1 at the
 last) and ``8 n`` (the daBit's additive bits; ``16 n`` with a product): 18.6 bytes per element for
-``K = 29`` (26.6 with a product).
+``K = 29`` (26.6 with a product, by ``x`` itself or another factor).
 
 Semi-honest security, one corrupted player of three: a server sees only its shares, ``m`` (uniform, since
 ``r`` is uniform and unknown to it), the opened ``e, d`` of each AND (uniform, masked by fresh triple words
-it does not know), ``t`` (uniform, masked by the daBit plane) and, with a product, ``e = f - u`` (uniform,
-masked by ``u``); the lanes past the last element in a
+it does not know), ``t`` (uniform, masked by the daBit plane) and, with a product by another factor,
+``e = f - u`` (uniform, masked by ``u``; a product by ``x`` opens nothing more than ``m``); the lanes past the last element in a
 plane's last word are masked alike. The producer receives nothing.
 
 :mod:`.assisted` computes the same in 3 rounds with the producer online (``Pond(comparison=...)``,
@@ -65,7 +70,7 @@ from tfe_lite.errors import ProtocolError, ShapeError
 
 from . import assisted
 from .beaver import open_masked, open_together
-from .dealer import TripleSpec
+from .dealer import Triple, TripleSpec
 from .tensors import PrivateTensor
 
 
@@ -121,11 +126,13 @@ def bounded_bits(magnitude_bits: int | None) -> tuple[int, bool]:
     return 63, False
 
 
-def server_bytes(n: int, magnitude_bits: int | None = None, product: bool = False) -> int:
+def server_bytes(n: int, magnitude_bits: int | None = None, product: bool = False, self_product: bool = False) -> int:
     """Bytes each server sends to the other for :func:`msb` of ``n`` elements (the same both ways), with a
-    fused product (``times``) or without."""
+    fused product (``times``) or without; a product with ``x`` itself (``self_product``: relu, the
+    tournaments) opens nothing more than the mask."""
     bits, _ = bounded_bits(magnitude_bits)
-    return 8 * n * (2 if product else 1) + 8 * ring.plane_words(n) * opened_plane_words(bits)
+    extra = product and not self_product
+    return 8 * n * (2 if extra else 1) + 8 * ring.plane_words(n) * opened_plane_words(bits)
 
 
 #: ``comparison="auto"`` on a multi-host config: the largest comparison (in elements) that takes the assisted
@@ -168,21 +175,40 @@ def msb(prot, x: PrivateTensor, magnitude_bits: int | None = None, times: Privat
         return assisted.msb(prot, x, bits, bounded, times)
     # All of the comparison's correlated randomness at once (an online dealer sends it in one message to
     # each server): the edaBit, the daBit (with a product: its mask and s * u) and the AND triples.
-    dabit_spec = TripleSpec("dabit", shape) if times is None else TripleSpec("dabit_mul", shape, shape)
-    r, dabit, *and_triples = prot.dealer.triples(
-        [TripleSpec("edabit", shape, bits=bits + 1), dabit_spec, *carry_tree_specs(bits, ring.plane_words(n))])
+    offset = np.int64(1) << np.int64(bits) if bounded else np.int64(0)
+    tree = carry_tree_specs(bits, ring.plane_words(n))
+    self_product = times is x  # relu, tournaments: u = -r, so e = times - u = m - offset is opened already
+    if self_product:
+        spec = TripleSpec("edabit_dabit", shape, shape, bits=bits + 1)
+        both, *and_triples = prot.dealer.triples([spec, *tree])
+        parts = []
+        for server, c in ((s0, both.c0), (s1, both.c1)):
+            with tf.device(server.device):
+                parts.append(spec.c_parts(c))
+        r = Triple(both.b0, None, parts[0][0], both.b1, None, parts[1][0])
+        dabit = Triple(both.a0, None, parts[0][1], both.a1, None, parts[1][1])
+    else:
+        dabit_spec = TripleSpec("dabit", shape) if times is None else TripleSpec("dabit_mul", shape, shape)
+        r, dabit, *and_triples = prot.dealer.triples([TripleSpec("edabit", shape, bits=bits + 1), dabit_spec, *tree])
     with tf.device(s0.device):
-        parts0 = [x.share0 + r.a0 + (np.int64(1) << np.int64(bits) if bounded else np.int64(0))]
+        parts0 = [x.share0 + r.a0 + offset]
     with tf.device(s1.device):
         parts1 = [x.share1 + r.a1]
-    if times is not None:  # e = times - u goes with the mask, in the first round (one message each way)
+    if times is not None and not self_product:  # e = times - u goes with the mask, in one message each way
         with tf.device(s0.device):
             parts0.append(times.share0 - dabit.b0)
         with tf.device(s1.device):
             parts1.append(times.share1 - dabit.b1)
     opened0, opened1 = open_together(prot, parts0, parts1, "open_mask")
     m_on = (opened0[0], opened1[0])
-    e_on = None if times is None else (opened0[1], opened1[1])
+    e_on = None
+    if self_product:
+        e_on = []
+        for server, m in ((s0, m_on[0]), (s1, m_on[1])):
+            with tf.device(server.device):
+                e_on.append(m - offset)
+    elif times is not None:
+        e_on = (opened0[1], opened1[1])
     g, p, top = [], [], []
     for i, (server, planes) in enumerate(((s0, r.c0), (s1, r.c1))):
         with tf.device(server.device):
@@ -216,13 +242,14 @@ def msb(prot, x: PrivateTensor, magnitude_bits: int | None = None, times: Privat
     for i, server in enumerate((s0, s1)):
         with tf.device(server.device):
             bit.append(bxor(g[i][0], top[i]))
-    return _to_arithmetic(prot, bit, shape, dabit, times, e_on)
+    return _to_arithmetic(prot, bit, shape, dabit, times, e_on, negated_mask=self_product)
 
 
-def _to_arithmetic(prot, plane, shape: tuple, s, times=None, e_on=None):
+def _to_arithmetic(prot, plane, shape: tuple, s, times=None, e_on=None, negated_mask=False):
     """Additive shares (0/1 int64 of ``shape``) of the bits ``b`` of one XOR-shared bit plane, with the daBit
-    plane ``s``: open ``t = b xor s``; ``b = t + s - 2 t s``. With ``times = f`` (and ``e = f - m`` opened
-    for the daBit's mask ``m``) also ``b f = t f + (1 - 2t) s f`` with ``s f = e s + s m``, all local."""
+    plane ``s``: open ``t = b xor s``; ``b = t + s - 2 t s``. With ``times = f`` (and ``e = f - u`` opened
+    for the daBit's mask ``u``) also ``b f = t f + (1 - 2t) s f`` with ``s f = e s + s u``, all local; with
+    ``negated_mask`` the daBit holds ``s r`` for ``u = -r``, so ``s u = -s r``."""
     n = int(np.prod(shape, dtype=np.int64))
     s0, s1 = prot.server0, prot.server1
     masked = []
@@ -239,7 +266,9 @@ def _to_arithmetic(prot, plane, shape: tuple, s, times=None, e_on=None):
             value = s_bit * flip
             bits.append(value + t if i == 0 else value)
             if times is not None:
-                products.append(t * times.shares[i] + flip * (e_on[i] * share[0] + share[1]))
+                e_s = e_on[i] * share[0]
+                s_f = e_s - share[1] if negated_mask else e_s + share[1]
+                products.append(t * times.shares[i] + flip * s_f)
     bit = PrivateTensor(prot, *bits)
     return bit if times is None else (bit, PrivateTensor(prot, *products))
 

@@ -45,11 +45,6 @@ def _join(sharing: str, x0, x1) -> tf.Tensor:
     return x0 + x1 if sharing == "add" else tf.bitwise.bitwise_xor(x0, x1)
 
 
-def _split_off(sharing: str, x, x0) -> tf.Tensor:
-    """The part that joins ``x0`` to ``x``."""
-    return x - x0 if sharing == "add" else tf.bitwise.bitwise_xor(x, x0)
-
-
 class TripleSource(abc.ABC):
     """Interface of every dealer. A dealer serves one protocol instance, which binds it."""
 
@@ -102,7 +97,7 @@ class OnlineDealer(TripleSource):
                 b = None
                 if kind.has_b:
                     b = _join(kind.ab_b, _expand(seed0, spec.shape_b, _B), _expand(seed1, spec.shape_b, _B))
-                c1s.append(_split_off(kind.c, spec.apply(a, b), _expand(seed0, spec.shape_c, _C)))
+                c1s.append(spec.split_off_c(spec.apply(a, b), _expand(seed0, spec.shape_c, _C)))
                 seeds0.append(seed0)
                 seeds1.append(seed1)
         send = prot.channel.send_many

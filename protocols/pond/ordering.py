@@ -3,8 +3,10 @@ argmax of an axis, max pooling. Every one is exact on the fixed-point encodings 
 probability): each rests on the sign-bit protocol of :mod:`.comparison` (7 rounds, about 37 bytes per
 compared element between the servers with the default preset) and, where a bit selects a value, a product of
 the value with the raw bit (exact, no truncation, since the bit is an integer). Relu and the tournaments of
-max, argmax and max pooling fuse that product into the comparison (:func:`.comparison.msb` with ``times``:
-no extra round, 16 bytes per element); other selections are a Beaver product (1 round, 32 bytes per element).
+max, argmax and max pooling fuse that product into the comparison (:func:`.comparison.msb` with
+``times=x``): the factor is the compared value itself (relu's input, a tournament's difference), which the
+comparison's mask already hides, so the product costs no extra round and no extra byte between the servers;
+other selections are a Beaver product (1 round, 32 bytes per element).
 Max pooling over windows that tile the input (strides equal to the pool size, the usual case) runs its
 tournaments on free reshapes of the input, without extracting windows.
 

@@ -44,10 +44,10 @@ def assert_close(actual, expected, tol):
     assert not bad.any(), f"max error {err.max()} over tolerance (first offending index {np.argwhere(bad)[0]})"
 
 
-def comparison_server_bytes(prot, n: int, magnitude_bits=None, product: bool = False) -> int:
+def comparison_server_bytes(prot, n: int, magnitude_bits=None, product: bool = False, self_product: bool = False) -> int:
     """Bytes server1 sends server0 in one comparison of ``n`` elements, by the protocol ``prot`` runs."""
     from tfe_lite.protocols.pond import assisted, comparison
 
     if comparison.protocol_for(prot, n) == "assisted":
-        return assisted.server_bytes(n, magnitude_bits, product)["server0->server1"] - 32
-    return comparison.server_bytes(n, magnitude_bits, product)
+        return assisted.server_bytes(n, magnitude_bits, product, self_product)["server0->server1"] - 32
+    return comparison.server_bytes(n, magnitude_bits, product, self_product)

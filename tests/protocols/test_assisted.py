@@ -97,22 +97,28 @@ def test_what_the_producer_receives_is_independent_of_the_input(config, monkeypa
     assert _chi2_uniform(d[d != 0], 1, P) > 1e-4
 
 
-def test_what_the_servers_receive_is_uniform(config, monkeypatch):
-    """The openings (masked by r and u), server1's shares of r's bits mod P and its answer shares."""
+@pytest.mark.parametrize("factor", ["other", "x itself"])
+def test_what_the_servers_receive_is_uniform(config, monkeypatch, factor):
+    """The openings (masked by r and u; u = -r for a product with x itself, whose opening is m alone),
+    server1's shares of r's bits mod P and its answer shares."""
     prot = Pond(config, comparison="assisted")
     views = _spy_all(prot, monkeypatch)
     n = 20000
     x, f = prot.share(np.full(n, -0.5), "alice"), prot.share(np.full(n, 3.0), "alice")
+    if factor == "x itself":
+        f = x
     k = prot.fixedpoint.int_bits + prot.fixedpoint.frac_bits + 1
     views.clear()
     comparison.msb(prot, x, magnitude_bits=k, times=f)
+    opened = n if f is x else 2 * n
     kinds = {server: [what for what, _ in views[server]] for server in ("server0", "server1")}
     assert kinds == {"server0": ["assisted_seed", "assisted_mask"],
                      "server1": ["assisted_bits", "assisted_mask", "assisted_answer"]}
     for server in ("server0", "server1"):
         for what, value in views[server]:
-            if what == "assisted_mask":  # m and e (server1's also ends with server0's seed)
-                _assert_uniform(value[:2 * n])
+            if what == "assisted_mask":  # m (and e) (server1's also ends with server0's seed)
+                assert value.size == opened + (4 if server == "server1" else 0)
+                _assert_uniform(value[:opened])
             elif what == "assisted_answer":  # y1 and z1
                 _assert_uniform(value)
             elif what == "assisted_bits":  # server1's seed, then its shares of r's bits mod P, 8 per word
@@ -169,10 +175,11 @@ def test_stated_bytes_per_link(config):
     prot = Pond(config, seed=3, comparison="assisted")
     n, k = 1000, 29
     x, f = prot.share(np.ones(n), "alice"), prot.share(np.ones(n), "alice")
-    for times in (None, f):
+    for times in (None, f, x):  # x: the product with x itself opens nothing beside the mask
         with prot.count_communication() as log:
             comparison.msb(prot, x, magnitude_bits=k, times=times)
-        stated, links = assisted.server_bytes(n, k, product=times is not None), log.by_link()
+        stated = assisted.server_bytes(n, k, product=times is not None, self_product=times is x)
+        links = log.by_link()
         assert links[("server0", "server1")] == stated["server0->server1"]
         assert links[("server1", "server0")] == stated["server0->server1"] - 32
         assert links[("server0", "crypto-producer")] == links[("server1", "crypto-producer")] == stated["server->producer"]

@@ -214,6 +214,58 @@ def test_fused_product_is_exact_for_any_factor(compare_prot, seed, n):
         assert log.by_link()[("server1", "server0")] == comparison_server_bytes(prot, n, k, product=True)
 
 
+@settings(deadline=None, max_examples=20)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 150), bounded=st.booleans())
+def test_fused_product_with_x_itself_is_exact(compare_prot, seed, n, bounded):
+    """msb(x, times=x) (relu, the tournaments): the mask r serves as the product's mask too (u = -r), so
+    nothing but the mask is opened for the product; [x < 0] and [x < 0] * x exactly, bounded and full ring."""
+    prot = compare_prot
+    rng = np.random.default_rng(seed)
+    k = 29 if bounded else None
+    values = (rng.integers(-(2**29) + 1, 2**29, n) if bounded
+              else rng.integers(-2**63, 2**63, n, dtype=np.int64))
+    edges = [-(2**29) + 1, 2**29 - 1, 0, -1] if bounded else [-2**63, 2**63 - 1, 0, -1]
+    values[:4] = edges[:min(4, n)]
+    share0 = rng.integers(-2**63, 2**63, values.shape, dtype=np.int64)
+    x = prot.from_shares(tf.constant(share0), tf.constant(values - share0), fixedpoint=prot.fixedpoint)
+    with prot.count_communication() as log:
+        bit, product = comparison.msb(prot, x, magnitude_bits=k, times=x)
+    negative = (values < 0).astype(np.int64)
+    np.testing.assert_array_equal((bit.share0 + bit.share1).numpy(), negative)
+    np.testing.assert_array_equal((product.share0 + product.share1).numpy(), negative * values)
+    if n:
+        sent = log.by_link()[("server1", "server0")]
+        assert sent == comparison_server_bytes(prot, n, k, product=True, self_product=True)
+        assert sent == comparison_server_bytes(prot, n, k)  # as without a product
+        assert sent < comparison_server_bytes(prot, n, k, product=True)
+
+
+@pytest.mark.parametrize("dealer", ["online", "precomputed"])
+def test_edabit_dabit_from_each_dealer(config, dealer):
+    """The comparison's mask r with its low bit planes and a daBit s with s * r, from one spec."""
+    spec = TripleSpec("edabit_dabit", (3, 30), (3, 30), bits=30)
+    source = PrecomputedDealer() if dealer == "precomputed" else "online"
+    prot = Pond(config, dealer=source, seed=13)
+    if dealer == "precomputed":
+        source.precompute(spec, 1)
+    t = prot.dealer.triple(spec)
+    r = (t.b0 + t.b1).numpy()
+    plane = t.a0.numpy() ^ t.a1.numpy()
+    lanes = np.arange(90)
+    s = ((plane.view(np.uint64)[lanes // 64] >> (lanes % 64).astype(np.uint64)) & np.uint64(1)).astype(np.int64)
+    (planes0, stack0), (planes1, stack1) = spec.c_parts(t.c0), spec.c_parts(t.c1)
+    np.testing.assert_array_equal(planes0.numpy() ^ planes1.numpy(), _planes_oracle(r, 30))
+    stack = (stack0 + stack1).numpy()
+    np.testing.assert_array_equal(stack[0].ravel(), s)
+    np.testing.assert_array_equal(stack[1], s.reshape(3, 30) * r)
+    np.testing.assert_array_equal(spec.join_c(t.c0, t.c1).numpy()[-90:], (s.reshape(3, 30) * r).ravel())
+    assert 0.3 < s.mean() < 0.7
+    with pytest.raises(Exception, match="shape_b == shape_a"):
+        TripleSpec("edabit_dabit", (3,), (4,), bits=30)
+    with pytest.raises(Exception, match="needs `bits`"):
+        TripleSpec("edabit_dabit", (3,), (3,))
+
+
 def test_fused_product_needs_the_shape_of_x(prot):
     x = prot.share(np.ones(4), "alice")
     with pytest.raises(Exception, match=r"times.shape=\[2\]"):

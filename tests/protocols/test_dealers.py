@@ -252,7 +252,8 @@ def test_a_failed_run_does_not_put_the_servers_out_of_step(config):
 
 def test_a_precomputed_comparison_takes_its_triples_in_one_message(config):
     """The online phase of a relu with precomputed triples: nothing from the producer, and the pool
-    indices of its edaBit, daBit and AND triples go to server1 in one message beside the 7 rounds."""
+    indices of its edaBit-and-daBit (one spec: its product is with its own input) and AND triples go to
+    server1 in one message beside the 7 rounds."""
     from tfe_lite.protocols.pond import comparison
 
     dealer = PrecomputedDealer()
@@ -265,7 +266,7 @@ def test_a_precomputed_comparison_takes_its_triples_in_one_message(config):
 
     x = tf.constant(values)
     made = dealer.precompute_for(relu, x, runs=2)
-    assert sum(made.values()) == 2 * (2 + len(comparison.and_levels(29)))
+    assert sum(made.values()) == 2 * (1 + len(comparison.and_levels(29)))
     for _ in range(2):
         with prot.count_communication() as log:
             out = relu(x)
