@@ -23,11 +23,13 @@ def test_the_benchmark_runs_and_reports_its_breakdown(comparison):
     for case in ("private 32x32 matmul", "LeNet private inference, batch 1"):
         assert re.search(rf"{re.escape(case)}\s+multi-host / local: [\d.]+x  \(target <= 1\.5x: (met|MISSED)\)", out), case
     assert re.search(r"a call reaching every served player costs [\d.]+ ms .*\([\d.]+ ms reaching server0 alone\)", out)
-    assert re.search(r"a link carries [\d.]+ GB/s", out)
+    assert re.search(r"a link carries [\d.]+ GB/s|a link: no measurable cost over local mode's copy", out)
     rounds = int(re.search(r"LeNet private inference, batch 1: (\d+) rounds \(traced graph\)", out)[1])
     assert rounds == (27 if comparison == "auto" else 55)  # the assisted comparison's 3 rounds against 7
-    assert re.search(r"batch 1: [\d.]+ \(fixed\) \+ [\d.]+ \(\d+ rounds\) \+ [\d.]+ \(\d+ more messages\) \+ [\d.]+ \([\d.]+ MB\)"
-                     r" \+ [\d.]+ \(local mode\) = [\d.]+ ms; measured [\d.]+ ms", out)
+    # the per-round and per-message costs are differences of two medians: one run on a busy machine may make
+    # them negative, so the breakdown's parts are signed
+    assert re.search(r"batch 1: [\d.]+ \(fixed\) \+ -?[\d.]+ \(\d+ rounds\) \+ -?[\d.]+ \(\d+ more messages\) \+ [\d.]+ "
+                     r"\([\d.]+ MB\) \+ [\d.]+ \(local mode\) = -?[\d.]+ ms; measured [\d.]+ ms", out), out
     assert re.search(r"LeNet batch 1\s+multi-host [\d.]+ ms vs CrypTen", out)
     for case in ("private 32x32 matmul", "LeNet private inference, batch 1"):
         assert re.search(rf"{re.escape(case)}\s+local\s+[\d.]+ ms, multi-host\s+[\d.]+ ms \(driver [\d.]+, server0 [\d.]+, "
