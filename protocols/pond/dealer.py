@@ -8,9 +8,12 @@ each value is shared, depends on the spec's ``op`` (:data:`~.triples.KINDS`, tab
 * :class:`PrecomputedDealer`: the producer makes triples ahead of time (the offline phase); the online
   phase only reads them.
 
-Seeded triples: the producer draws two fresh seeds. Server0's parts ``a0, b0, c0`` are all expanded from
-seed 0 (streams 0, 1, 2), server1's ``a1, b1`` from seed 1; only ``c1`` (``c - c0`` or ``c ^ c0``) travels in
-full. A triple thus costs ``64 + 8 * size(c)`` bytes of producer traffic, in one message to each server (or
+Seeded triples: the producer draws two fresh seeds; server ``i`` expands ``a_i, b_i`` and a first ``c_i``
+from seed ``i`` (streams 0, 1, 2). Only the correction ``c - (c_0 + c_1)`` (``xor`` for XOR-shared kinds)
+travels, split by elements: server0 receives its first ``floor(size / 2)`` elements, server1 the rest, and
+each adds its half to its ``c_i``. Neither link from the producer carries all of it, and each half is
+uniform to its receiver (masked by the other server's expansion, which it cannot compute). A triple thus
+costs ``64 + 8 * size(c)`` bytes of producer traffic, half on each link, in one message to each server (or
 several triples in one pair of messages: :meth:`TripleSource.triples`).
 """
 
@@ -69,14 +72,17 @@ class OnlineDealer(TripleSource):
     """The crypto producer makes each triple on demand, from fresh seeds.
 
     Steps for ``spec`` with ``f``:
-      1. producer: seeds ``s0, s1`` from its stream; ``a_i, b_i`` = expand(``s_i``); ``c0`` = expand(``s0``);
-         ``c = f(a, b)`` with ``a = a0 + a1`` (or ``a0 ^ a1`` for XOR-shared kinds); ``c1 = c - c0`` (or ``^``).
-      2. producer -> server0: ``s0`` (32 bytes); server0 expands ``a0, b0, c0``.
-      3. producer -> server1: ``s1`` and ``c1``, in one message; server1 expands ``a1, b1``.
+      1. producer: seeds ``s0, s1`` from its stream; ``a_i, b_i, g_i`` = expand(``s_i``); ``c = f(a, b)``
+         with ``a = a0 + a1`` (or ``a0 ^ a1`` for XOR-shared kinds); the correction ``k = c - g0 - g1`` (or
+         ``^``), flattened: ``k0`` its first ``floor(size / 2)`` elements, ``k1`` the rest.
+      2. producer -> server0: ``s0`` and ``k0``, in one message; server0 expands ``a0, b0`` and has
+         ``c0 = g0 + [k0, 0]``.
+      3. producer -> server1: ``s1`` and ``k1``, in one message; server1 expands ``a1, b1`` and has
+         ``c1 = g1 + [0, k1]``.
 
-    :meth:`triples` deals several at once in one message to each server (the seeds of all to server0; the
-    seeds and ``c1`` parts of all to server1): a comparison's whole correlated randomness (an edaBit, a
-    daBit and an AND triple per level) costs two producer messages.
+    :meth:`triples` deals several at once in one message to each server (its seeds and correction halves):
+    a comparison's whole correlated randomness (an edaBit, a daBit and an AND triple per level) costs two
+    producer messages.
     """
 
     def triple(self, spec: TripleSpec) -> Triple:
@@ -87,7 +93,7 @@ class OnlineDealer(TripleSource):
         specs = list(specs)
         prot = self.protocol
         producer, s0, s1 = prot.producer, prot.server0, prot.server1
-        seeds0, seeds1, c1s = [], [], []
+        seeds0, seeds1, lows, highs = [], [], [], []
         with tf.device(producer.device):
             stream = prot.streams.stream(producer)
             for spec in specs:
@@ -97,25 +103,45 @@ class OnlineDealer(TripleSource):
                 b = None
                 if kind.has_b:
                     b = _join(kind.ab_b, _expand(seed0, spec.shape_b, _B), _expand(seed1, spec.shape_b, _B))
-                c1s.append(spec.split_off_c(spec.apply(a, b), _expand(seed0, spec.shape_c, _C)))
+                expanded = spec.join_c(_expand(seed0, spec.shape_c, _C), _expand(seed1, spec.shape_c, _C))
+                low, high = _halves(spec.split_off_c(spec.apply(a, b), expanded))
                 seeds0.append(seed0)
                 seeds1.append(seed1)
+                lows.append(low)
+                highs.append(high)
         send = prot.channel.send_many
-        seeds0 = send(seeds0, producer, s0, "triple_seed")
-        received = send(seeds1 + c1s, producer, s1, "triple_c1")
-        seeds1, c1s = received[:len(specs)], received[len(specs):]
+        received0 = send(seeds0 + lows, producer, s0, "triple_c0")
+        received1 = send(seeds1 + highs, producer, s1, "triple_c1")
+        k = len(specs)
         triples = []
-        for spec, seed0, seed1, c1 in zip(specs, seeds0, seeds1, c1s):
+        for spec, seed0, seed1, low, high in zip(specs, received0[:k], received1[:k], received0[k:], received1[k:]):
             kind = spec.kind
             with tf.device(s0.device):
                 a0 = _expand(seed0, spec.part_shape_a, _A)
                 b0 = _expand(seed0, spec.shape_b, _B) if kind.has_b else None
-                c0 = _expand(seed0, spec.shape_c, _C)
+                c0 = _corrected(spec, _expand(seed0, spec.shape_c, _C), low, first=True)
             with tf.device(s1.device):
                 a1 = _expand(seed1, spec.part_shape_a, _A)
                 b1 = _expand(seed1, spec.shape_b, _B) if kind.has_b else None
+                c1 = _corrected(spec, _expand(seed1, spec.shape_c, _C), high, first=False)
             triples.append(Triple(a0, b0, c0, a1, b1, c1))
         return triples
+
+
+def _halves(correction: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The first ``floor(size / 2)`` elements of a flattened correction (server0's) and the rest (server1's)."""
+    flat = tf.reshape(correction, [-1])
+    k = int(flat.shape[0]) // 2
+    return flat[:k], flat[k:]
+
+
+def _corrected(spec: TripleSpec, expanded: tf.Tensor, part: tf.Tensor, first: bool) -> tf.Tensor:
+    """A server's part of ``c``: its expansion, joined with its half of the correction (the other half of
+    the elements left as expanded)."""
+    size = int(np.prod(spec.shape_c, dtype=np.int64))
+    rest = tf.zeros([size - int(part.shape[0])], tf.int64)
+    padded = tf.concat([part, rest] if first else [rest, part], axis=0)
+    return spec.join_c(expanded, tf.reshape(padded, spec.shape_c))
 
 
 _dealer_ids = itertools.count()

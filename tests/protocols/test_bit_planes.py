@@ -184,7 +184,7 @@ def test_bounded_comparison_messages_are_uniform(config, monkeypatch, value):
         kinds = set()
         for what, t in views[server]:
             kinds.add(what)
-            if what in ("open_mask", "xor_and", "xor_bit", "triple_c1", "share"):
+            if what in ("open_mask", "xor_and", "xor_bit", "triple_c0", "triple_c1", "share"):
                 _assert_uniform(t.numpy().ravel())
         # the product is fused: its factor's masked opening travels with the mask, no Beaver opening
         assert {"open_mask", "xor_and", "xor_bit"} <= kinds and not kinds & {"open_e", "open_ed"}

@@ -14,10 +14,12 @@ def test_private_matmul_costs_exactly_the_pond_formula(prot, m, k, n):
     b = prot.share(np.ones((k, n)), "bob")
     with prot.count_communication() as log:
         _ = a @ b
-    # open e = x - a and d = y - b both ways, c1 from the producer, one seed to each server
+    # open e = x - a and d = y - b both ways, c's correction from the producer (its first half of the elements
+    # to server0, the rest to server1), one seed to each server
     theory = WORD * (2 * m * k + 2 * k * n + m * n) + 2 * SEED
     assert log.total_bytes() == theory
-    assert log.by_link()[("crypto-producer", "server0")] == SEED
+    assert log.by_link()[("crypto-producer", "server0")] == SEED + WORD * (m * n // 2)
+    assert log.by_link()[("crypto-producer", "server1")] == SEED + WORD * (m * n - m * n // 2)
     assert log.by_link()[("server0", "server1")] == WORD * (m * k + k * n)
 
 

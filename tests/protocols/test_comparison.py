@@ -62,10 +62,11 @@ def test_traffic_matches_the_stated_cost(config):
     # each way: the mask (8 n); the carry tree over 63 positions: levels of 31, 16, 8, 4, 2 pairs open 3 plane
     # rows per pair, the last pair 2 rows (185 rows); the daBit plane (1 row); 8 bytes per row word
     assert links[("server0", "server1")] == links[("server1", "server0")] == 8 * n + 8 * 8 * (185 + 1)
-    # producer -> server1: edaBit planes (64 rows), AND outputs (62 + 32 + 16 + 8 + 4 + 1 rows), the daBit's
-    # additive bits (8 n); a 32-byte seed per dealt tensor (1 edaBit, 6 ANDs, 1 daBit) to each server
-    assert links[("crypto-producer", "server1")] == 8 * 8 * (64 + 123) + 8 * n + 8 * 32
-    assert links[("crypto-producer", "server0")] == 8 * 32
+    # the producer's corrections: edaBit planes (64 rows), AND outputs (62 + 32 + 16 + 8 + 4 + 1 rows), the
+    # daBit's additive bits (8 n), each tensor's first half to server0 and the rest to server1 (all of even
+    # size here); a 32-byte seed per dealt tensor (1 edaBit, 6 ANDs, 1 daBit) to each server
+    corrections = 8 * 8 * (64 + 123) + 8 * n
+    assert links[("crypto-producer", "server1")] == links[("crypto-producer", "server0")] == corrections // 2 + 8 * 32
     assert comparison.server_bytes(n) == links[("server0", "server1")]
 
 
@@ -79,7 +80,7 @@ def test_everything_a_server_receives_is_uniform(config, monkeypatch, value):
         kinds = {what for what, _ in received}
         assert {"open_mask", "xor_and", "xor_bit"} <= kinds
         for what, t in received:
-            if what in ("open_mask", "xor_and", "xor_bit", "triple_c1", "share"):
+            if what in ("open_mask", "xor_and", "xor_bit", "triple_c0", "triple_c1", "share"):
                 _assert_uniform(t.ravel())
 
 
@@ -118,7 +119,7 @@ def test_checked_mode_reveals_only_the_count(config, monkeypatch):
     assert len(counts) == 2 and all(c.shape == () for c in counts)
     assert int(counts[0]) + int(counts[1]) == 0  # the two halves open the count (0) and nothing else
     kinds = {what for server in ("server0", "server1") for what, _ in views[server]}
-    assert kinds == {"share_seed", "share", "triple_seed", "triple_c1", "open_ed", "open_mask", "xor_and",
+    assert kinds == {"share_seed", "share", "triple_c0", "triple_c1", "open_ed", "open_mask", "xor_and",
                      "xor_bit", "open_range_count"}
     with pytest.raises(tfe_lite.ConfigError, match="checked='yes'"):
         Pond(config, checked="yes")

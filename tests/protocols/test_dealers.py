@@ -279,3 +279,31 @@ def test_a_precomputed_comparison_takes_its_triples_in_one_message(config):
         assert sum(n for (src, dst, _), n in messages.items() if (src, dst) == ("server0", "server1")) == 7 + 1
     with pytest.raises(tf.errors.InvalidArgumentError, match="triple left"):
         relu(x)
+
+
+@pytest.mark.parametrize("spec", [TripleSpec("mul", (101, 201), (101, 201)), TripleSpec("edabit_dabit", (25000,), (25000,), bits=30)],
+                         ids=str)
+def test_the_producer_splits_its_corrections_between_the_servers(config, monkeypatch, spec):
+    """Each server receives its seed and half of the correction's elements (server0 the first floor(size/2),
+    server1 the rest): neither link from the producer carries all of them; each half is uniform to the server
+    that receives it (it is masked by the other server's expansion); the joined parts are still the triple."""
+    from test_pond_security import _assert_uniform, _capture_views
+
+    prot = Pond(config)  # keys from os.urandom, as in production
+    views = _capture_views(prot, monkeypatch)
+    with prot.count_communication() as log:
+        t = prot.dealer.triple(spec)
+    size = int(np.prod(spec.shape_c))
+    links = log.by_link()
+    assert links[("crypto-producer", "server0")] == 32 + 8 * (size // 2)
+    assert links[("crypto-producer", "server1")] == 32 + 8 * (size - size // 2)
+    for server, what in (("server0", "triple_c0"), ("server1", "triple_c1")):
+        # one message: the seed (4 words), then the half
+        corrections = [m.numpy().ravel() for kind, m in views[server] if kind == what]
+        assert [c.size for c in corrections] == [4 + (size // 2 if server == "server0" else size - size // 2)]
+        _assert_uniform(corrections[0])  # XOR and additive parts alike: masked by uniform words
+    join = {"add": np.add, "xor": np.bitwise_xor}
+    a = join[spec.kind.ab_a](t.a0.numpy(), t.a1.numpy())
+    b = join[spec.kind.ab_b](t.b0.numpy(), t.b1.numpy())
+    expected = spec.apply(tf.constant(a), tf.constant(b)).numpy()
+    np.testing.assert_array_equal(spec.join_c(t.c0, t.c1).numpy(), expected)
