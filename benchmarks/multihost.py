@@ -450,6 +450,10 @@ def run(args, cluster: Path, ports: set[int], pids: dict[str, int]):
             formula = 8 * 7 * n * n + 2 * 32
             extra = f"; Pond formula 8*(2n^2 + 2n^2 + n^2 + 2n^2 reveal) + 2*32 = {formula:,}"
             matmul_log = log
+        else:  # on separate hosts the busiest link bounds the transfer time
+            (src, dst), busiest = max(log.by_link().items(), key=lambda kv: kv[1])
+            share = busiest / log.total_bytes()  # the log holds several runs
+            extra = f"; busiest link {src} -> {dst} {share * counted:,.0f} ({share:.0%})"
         print(f"  {name[len('multi-host: '):]:40s} wire {on_wire:14,.0f}  count {counted:14,.0f}  "
               f"wire / count = {on_wire / counted:.3f}{extra}")
     print(matmul_log.summary())
