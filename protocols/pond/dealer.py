@@ -8,11 +8,12 @@ each value is shared, depends on the spec's ``op`` (:data:`~.triples.KINDS`, tab
 * :class:`PrecomputedDealer`: the producer makes triples ahead of time (the offline phase); the online
   phase only reads them.
 
-Seeded triples: the producer draws two fresh seeds; server ``i`` expands ``a_i, b_i`` and a first ``c_i``
-from seed ``i`` (streams 0, 1, 2). Only the correction ``c - (c_0 + c_1)`` (``xor`` for XOR-shared kinds)
-travels, split by elements: server0 receives its first ``floor(size / 2)`` elements, server1 the rest, and
-each adds its half to its ``c_i``. Neither link from the producer carries all of it, and each half is
-uniform to its receiver (masked by the other server's expansion, which it cannot compute). A triple thus
+Seeded triples: the producer draws two fresh seeds; server ``i`` expands ``a_i, b_i`` and ``g_i`` from seed
+``i`` (streams 0, 1, 2). ``c``'s elements are split in halves: for the first ``floor(size / 2)`` server1's
+part is its ``g_1`` and server0 receives ``c - g_1`` there (``xor`` for XOR-shared kinds); for the rest
+server0's part is its ``g_0`` and server1 receives ``c - g_0``. Neither link from the producer carries all
+of ``c``, and each received half is uniform to its receiver (masked by the other server's expansion, which
+it cannot compute). A triple thus
 costs ``64 + 8 * size(c)`` bytes of producer traffic, half on each link, in one message to each server (or
 several triples in one pair of messages: :meth:`TripleSource.triples`).
 """
@@ -73,12 +74,12 @@ class OnlineDealer(TripleSource):
 
     Steps for ``spec`` with ``f``:
       1. producer: seeds ``s0, s1`` from its stream; ``a_i, b_i, g_i`` = expand(``s_i``); ``c = f(a, b)``
-         with ``a = a0 + a1`` (or ``a0 ^ a1`` for XOR-shared kinds); the correction ``k = c - g0 - g1`` (or
-         ``^``), flattened: ``k0`` its first ``floor(size / 2)`` elements, ``k1`` the rest.
+         with ``a = a0 + a1`` (or ``a0 ^ a1`` for XOR-shared kinds); flattened, ``k0 = c - g1`` on the first
+         ``floor(size / 2)`` elements and ``k1 = c - g0`` on the rest (or ``^``).
       2. producer -> server0: ``s0`` and ``k0``, in one message; server0 expands ``a0, b0`` and has
-         ``c0 = g0 + [k0, 0]``.
+         ``c0 = [k0, second half of g0]``.
       3. producer -> server1: ``s1`` and ``k1``, in one message; server1 expands ``a1, b1`` and has
-         ``c1 = g1 + [0, k1]``.
+         ``c1 = [first half of g1, k1]``.
 
     :meth:`triples` deals several at once in one message to each server (its seeds and correction halves):
     a comparison's whole correlated randomness (an edaBit, a daBit and an AND triple per level) costs two
@@ -103,8 +104,11 @@ class OnlineDealer(TripleSource):
                 b = None
                 if kind.has_b:
                     b = _join(kind.ab_b, _expand(seed0, spec.shape_b, _B), _expand(seed1, spec.shape_b, _B))
-                expanded = spec.join_c(_expand(seed0, spec.shape_c, _C), _expand(seed1, spec.shape_c, _C))
-                low, high = _halves(spec.split_off_c(spec.apply(a, b), expanded))
+                # server0 takes the first half of c's elements from the correction and the rest from its
+                # expansion; server1 the other way round: the correction is c less the other server's part
+                other = _join_halves(_split(_expand(seed1, spec.shape_c, _C))[0],
+                                     _split(_expand(seed0, spec.shape_c, _C))[1], spec.shape_c)
+                low, high = _split(spec.split_off_c(spec.apply(a, b), other))
                 seeds0.append(seed0)
                 seeds1.append(seed1)
                 lows.append(low)
@@ -119,29 +123,25 @@ class OnlineDealer(TripleSource):
             with tf.device(s0.device):
                 a0 = _expand(seed0, spec.part_shape_a, _A)
                 b0 = _expand(seed0, spec.shape_b, _B) if kind.has_b else None
-                c0 = _corrected(spec, _expand(seed0, spec.shape_c, _C), low, first=True)
+                c0 = _join_halves(low, _split(_expand(seed0, spec.shape_c, _C))[1], spec.shape_c)
             with tf.device(s1.device):
                 a1 = _expand(seed1, spec.part_shape_a, _A)
                 b1 = _expand(seed1, spec.shape_b, _B) if kind.has_b else None
-                c1 = _corrected(spec, _expand(seed1, spec.shape_c, _C), high, first=False)
+                c1 = _join_halves(_split(_expand(seed1, spec.shape_c, _C))[0], high, spec.shape_c)
             triples.append(Triple(a0, b0, c0, a1, b1, c1))
         return triples
 
 
-def _halves(correction: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """The first ``floor(size / 2)`` elements of a flattened correction (server0's) and the rest (server1's)."""
-    flat = tf.reshape(correction, [-1])
+def _split(c: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The first ``floor(size / 2)`` elements of ``c`` flattened (the half server0 receives) and the rest."""
+    flat = tf.reshape(c, [-1])
     k = int(flat.shape[0]) // 2
     return flat[:k], flat[k:]
 
 
-def _corrected(spec: TripleSpec, expanded: tf.Tensor, part: tf.Tensor, first: bool) -> tf.Tensor:
-    """A server's part of ``c``: its expansion, joined with its half of the correction (the other half of
-    the elements left as expanded)."""
-    size = int(np.prod(spec.shape_c, dtype=np.int64))
-    rest = tf.zeros([size - int(part.shape[0])], tf.int64)
-    padded = tf.concat([part, rest] if first else [rest, part], axis=0)
-    return spec.join_c(expanded, tf.reshape(padded, spec.shape_c))
+def _join_halves(low: tf.Tensor, high: tf.Tensor, shape) -> tf.Tensor:
+    """The tensor of ``shape`` whose halves (:func:`_split`) are ``low`` and ``high``."""
+    return tf.reshape(tf.concat([low, high], axis=0), shape)
 
 
 _dealer_ids = itertools.count()
