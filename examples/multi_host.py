@@ -11,9 +11,10 @@ Run on a cluster: write cluster.json (README, "Multi-host"), start each player, 
     tfe-lite serve --config cluster.json --player crypto-producer
     tfe-lite serve --config cluster.json --player bob
 
-then drive (here as alice, the cluster file's "driver"):
+then drive (here as alice, the cluster file's "driver"; `tfe-lite run` makes alice's own server listen
+on her address only, as `tfe-lite serve` does for the others):
 
-    python examples/multi_host.py --config cluster.json
+    tfe-lite run examples/multi_host.py --config cluster.json
 
 alice secret-shares her data, bob his weights; the servers multiply the shares with a triple from the
 crypto producer and reveal the product to alice only. The protocol code is the same in both modes; with

@@ -4,8 +4,10 @@ Builds ``ring_ops.cc`` and ``dp_ops.cc`` into ``_ring_ops.so`` next to it with g
 running interpreter and for this machine's CPU (``-march=native``: AVX-512 IFMA kernels where the CPU has
 them, so the library must be rebuilt on, not copied to, another machine), and linked with glibc's
 ``libmvec`` where it is installed (AVX-512 log/sin/cos for ``ChaCha20Normal``). The SHA-256 of the source
-is compiled in; the loader (:mod:`tfe_lite.ops`) refuses a library built from other source. Prints what it
-built; exits non-zero with the compiler's output when compilation fails.
+is compiled in; the loader (:mod:`tfe_lite.ops`) refuses a library built from other source. Also builds
+``bind_only.c`` (plain C) into ``_bind_only.so``, the ``bind()`` wrapper with which a player's gRPC server
+listens on its own address only (:mod:`tfe_lite.runtime.bind`), its source's SHA-256 compiled in the same
+way. Prints what it built; exits non-zero with the compiler's output when compilation fails.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ SOURCE = HERE / "ring_ops.cc"
 #: Every C++ source compiled into the one library (the first defines the source-hash symbol).
 SOURCES = (SOURCE, HERE / "dp_ops.cc", HERE / "key_ops.cc", HERE / "compare_ops.cc")
 LIBRARY = HERE / "_ring_ops.so"
+#: The bind() wrapper that lets a player's gRPC server listen on its own address only (plain C, no TensorFlow).
+BIND_SOURCE = HERE / "bind_only.c"
+BIND_LIBRARY = HERE / "_bind_only.so"
 
 
 def source_sha256(sources: tuple[Path, ...] = SOURCES) -> str:
@@ -67,26 +72,42 @@ def compile_command(output: Path, sources: tuple[Path, ...] = SOURCES) -> list[s
     ]
 
 
-def build(output: Path = LIBRARY) -> Path:
-    """Compile the ops library into ``output``; raises ``RuntimeError`` with the compiler output on failure."""
+def bind_compile_command(output: Path) -> list[str]:
+    """The C compiler command line that builds the bind() wrapper into ``output``."""
+    cc = os.environ.get("CC", "cc")
+    return [cc, "-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-Werror",
+            f'-DTFE_LITE_BIND_SHA256="{source_sha256((BIND_SOURCE,))}"', str(BIND_SOURCE), "-o", str(output), "-ldl"]
+
+
+def _compile(command_for, output: Path, what: str) -> Path:
     # Compile to a temporary file and rename it, so no process ever loads a half-written library.
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
         partial = Path(tmp) / output.name
-        command = compile_command(partial)
+        command = command_for(partial)
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(
-                f"Compiling {' + '.join(s.name for s in SOURCES)} failed (exit {result.returncode}):\n{shlex.join(command)}\n"
-                f"{result.stdout}{result.stderr}"
+                f"Compiling {what} failed (exit {result.returncode}):\n{shlex.join(command)}\n{result.stdout}{result.stderr}"
             )
         os.replace(partial, output)
     return output
+
+
+def build_bind_library(output: Path = BIND_LIBRARY) -> Path:
+    """Compile the bind() wrapper into ``output``; raises ``RuntimeError`` with the compiler output on failure."""
+    return _compile(bind_compile_command, output, BIND_SOURCE.name)
+
+
+def build(output: Path = LIBRARY) -> Path:
+    """Compile the ops library into ``output``; raises ``RuntimeError`` with the compiler output on failure."""
+    return _compile(compile_command, output, " + ".join(s.name for s in SOURCES))
 
 
 def main() -> int:
     start = time.perf_counter()
     try:
         path = build()
+        bind_path = build_bind_library()
     except (RuntimeError, OSError) as error:
         print(error, file=sys.stderr)
         return 1
@@ -94,7 +115,8 @@ def main() -> int:
 
     print(
         f"Built {path} ({path.stat().st_size // 1024} KiB) from {' + '.join(s.name for s in SOURCES)} sha256 {source_sha256()[:12]} "
-        f"for TensorFlow {tf.__version__}, -march=native, in {time.perf_counter() - start:.1f} s"
+        f"for TensorFlow {tf.__version__}, -march=native, and {bind_path} from {BIND_SOURCE.name} sha256 "
+        f"{source_sha256((BIND_SOURCE,))[:12]}, in {time.perf_counter() - start:.1f} s"
     )
     return 0
 

@@ -7,10 +7,15 @@ tfe_lite's native op library when it is built, so the driver can place native ke
 ``ChaCha20Keystream``...) on this player. It then prints ``tfe-lite serve: player 'NAME' ready at ADDRESS``
 on standard output and serves until SIGINT or SIGTERM, on which it exits with status 0.
 
-TensorFlow's gRPC server offers no choice of interface: it listens on every interface of the machine at
-the port (``0.0.0.0`` / ``[::]``), whatever host the address names. Keep that port closed to the network
-(firewall) and reach players through an authenticated tunnel (README, "Multi-host"); ``--listen-port``
-lets a tunnel end on this host take the address's port while the server listens on another.
+The server listens on the address's host only. TensorFlow's gRPC server offers no choice of interface (it
+binds the wildcard address at its port), so the command runs TensorFlow in a process that preloads the
+``bind()`` wrapper of :mod:`tfe_lite.runtime.bind` (it re-executes itself with ``LD_PRELOAD`` before
+TensorFlow starts), and reads the listening sockets back once the server is up: a server found listening
+on every interface exits with an error instead of serving. ``--all-interfaces`` keeps TensorFlow's wildcard
+(needed where the wrapper cannot work: not Linux, or the library not built); keep that port closed to the
+network. Either way the wire is unencrypted: reach players through an authenticated tunnel (README,
+"Multi-host"); ``--listen-port`` lets a tunnel end on this host take the address's port while the server
+listens on another.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ import signal
 import socket
 import sys
 import threading
+from pathlib import Path
 from typing import Sequence
 
 from tfe_lite import allocator
 from tfe_lite.errors import ConfigError, RuntimeConfigError
+from tfe_lite.runtime import bind
 from tfe_lite.runtime import cluster as cluster_file
 from tfe_lite.runtime.cluster import job_name, split_address
 
@@ -79,13 +86,17 @@ def _thread_count(name: str, value) -> int:
 
 
 def serve(config: str, player: str, *, listen_port: int | None = None, stop: threading.Event | None = None,
-          inter_op_threads: int | None = None, intra_op_threads: int | None = None) -> int:
+          inter_op_threads: int | None = None, intra_op_threads: int | None = None, all_interfaces: bool = False) -> int:
     """Run ``player``'s server from the cluster file ``config`` until SIGINT/SIGTERM (or ``stop`` is set).
 
     ``inter_op_threads`` / ``intra_op_threads``: the sizes of this player's TensorFlow thread pools (ops run
     side by side / threads inside one op); TensorFlow's default, one per core, suits a player alone on its
     machine. Players sharing a machine's cores compute faster with fewer each (benchmarks/multihost.py
-    gives each of four players on two cores one intra-op thread)."""
+    gives each of four players on two cores one intra-op thread).
+
+    The server listens on the address's host only, which needs this process to preload the ``bind()``
+    wrapper (``tfe-lite serve`` arranges it; a call in a process without it is refused, naming why);
+    ``all_interfaces=True`` listens on every interface instead."""
     inter = _thread_count("inter-op-threads", inter_op_threads)
     intra = _thread_count("intra-op-threads", intra_op_threads)
     found = cluster_file.load(config)
@@ -99,6 +110,12 @@ def serve(config: str, player: str, *, listen_port: int | None = None, stop: thr
         raise ConfigError(f"Received an invalid value for `--listen-port`, expected a port in 1-65535. Received: {listen_port!r}")
     listen = listen_port or port
     _check_port(where, host, listen)
+    if not all_interfaces:
+        if not bind.preloaded():
+            why = bind.library_problem() or f"this process was started without {bind.LIBRARY.name} in LD_PRELOAD (`tfe-lite serve` preloads it)"
+            raise ConfigError(f"{where}: cannot listen on {host} only: {why}. Pass --all-interfaces to listen on every "
+                              "interface instead (and keep the port closed to the network).")
+        bind.bind_only(bind.numeric_address(host, listen), listen)
     native = _load_native_ops()
     memory = allocator.keep_freed_memory()
 
@@ -125,13 +142,65 @@ def serve(config: str, player: str, *, listen_port: int | None = None, stop: thr
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, on_signal)
     server = tf.distribute.Server(server_def, start=True)
+    listening = bind.listening_addresses(listen)
+    wildcard = bind.every_interface(listening)
+    if not all_interfaces and (wildcard or not listening):
+        found = f"it listens on {', '.join(listening)}" if listening else "no socket listens there"
+        print(f"{PROG} serve: error: {where}: the gRPC server was to listen on {host} port {listen} only, but {found}: "
+              "refusing to serve (pass --all-interfaces to accept every interface).", file=sys.stderr, flush=True)
+        os._exit(2)  # TensorFlow's gRPC server cannot be stopped in process
+    on = "all interfaces" if all_interfaces else " and ".join(dict.fromkeys(listening)) + " only"
     threads = ", ".join(f"{n} {k}-op threads" for n, k in ((inter, "inter"), (intra, "intra")) if n)
     log(f"player {player!r} ready at {address} (TensorFlow job {job!r}, target {server.target}; gRPC listens on "
-        f"all interfaces at port {listen}; {native}; {memory}; {threads + '; ' if threads else ''}pid {os.getpid()})")
+        f"{on} at port {listen}; {native}; {memory}; {threads + '; ' if threads else ''}pid {os.getpid()})")
     while not stop.wait(0.5):
         pass
     log(f"player {player!r} stopping ({received[0] if received else 'stop requested'})")
     return 0
+
+
+#: Set in the environment of the process ``tfe-lite serve`` re-executes with the preloaded wrapper.
+REEXECUTED = "TFE_LITE_SERVE_PRELOADED"
+
+
+def _reexecute_with_preload(argv: Sequence[str]) -> None:
+    """Replace this process (same pid, standard streams and arguments) by one that preloads the ``bind()``
+    wrapper, before TensorFlow starts; no-op when it is loaded, cannot be, or a re-execution already ran
+    (``serve`` then names the problem)."""
+    if bind.preloaded() or os.environ.get(REEXECUTED) or bind.library_problem() is not None:
+        return
+    env = bind.preload_environment()
+    env[REEXECUTED] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "tfe_lite.runtime.cli", *argv], env)
+
+
+def run(script: str, arguments: Sequence[str]) -> int:
+    """``tfe-lite run SCRIPT.py ARGS...``: replace this process by ``python SCRIPT.py ARGS...`` preloading the
+    ``bind()`` wrapper, so the driver's own gRPC server (``RemoteConfig.connect``) listens on its address
+    only. Returns 2 (nothing run) when the wrapper cannot be preloaded here, naming why."""
+    problem = bind.library_problem()
+    if problem is not None:
+        print(f"{PROG} run: error: cannot preload the bind() wrapper: {problem}. Run `python {script}` directly "
+              "to listen on every interface instead.", file=sys.stderr, flush=True)
+        return 2
+    if not Path(script).is_file():
+        print(f"{PROG} run: error: Received an invalid value for `SCRIPT`, expected a Python file. Received: {script!r}",
+              file=sys.stderr, flush=True)
+        return 2
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, script, *arguments], bind.preload_environment())
+
+
+def console() -> int:
+    """The ``tfe-lite`` console script (and ``python -m tfe_lite.runtime.cli``): :func:`main`, with ``serve``
+    re-executed to preload the ``bind()`` wrapper unless ``--all-interfaces`` is given."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["serve"] and "--all-interfaces" not in argv and "-h" not in argv and "--help" not in argv:
+        _reexecute_with_preload(argv)
+    return main(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,10 +217,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve_parser.add_argument(f"--{kind}-op-threads", type=int, default=None, metavar="N",
                                   help=f"this player's TensorFlow {kind}-op thread pool ({what}; default: one per "
                                        "core); fewer suit players that share a machine")
+    serve_parser.add_argument("--all-interfaces", action="store_true",
+                              help="listen on every interface at the port (TensorFlow's own choice) instead of "
+                                   "the address's host only")
+    run_parser = commands.add_parser(
+        "run", help="run a driver script with its own gRPC server on its address only",
+        description="Run `python SCRIPT ARGS...` preloading the bind() wrapper, so the driver's own gRPC server "
+                    "(started by RemoteConfig.connect) listens on the cluster file's address for it only.",
+    )
+    run_parser.add_argument("script", metavar="SCRIPT.py", help="the driver program")
+    run_parser.add_argument("arguments", nargs=argparse.REMAINDER, metavar="ARGS", help="its arguments")
     args = parser.parse_args(argv)
+    if args.command == "run":
+        return run(args.script, args.arguments)
     try:
         status = serve(args.config, args.player, listen_port=args.listen_port,
-                       inter_op_threads=args.inter_op_threads, intra_op_threads=args.intra_op_threads)
+                       inter_op_threads=args.inter_op_threads, intra_op_threads=args.intra_op_threads,
+                       all_interfaces=args.all_interfaces)
     except (ConfigError, RuntimeConfigError) as error:
         print(f"{PROG} serve: error: {error}", file=sys.stderr, flush=True)
         return 2
@@ -161,4 +243,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

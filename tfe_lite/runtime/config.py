@@ -27,6 +27,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -35,8 +36,9 @@ import tensorflow as tf
 from tfe_lite import allocator
 from tfe_lite.errors import PartyUnavailableError, RuntimeConfigError
 from tfe_lite.players import DEFAULT_PLAYERS, Config, Player
+from tfe_lite.runtime import bind
 from tfe_lite.runtime import cluster as cluster_file
-from tfe_lite.runtime.cluster import DRIVER_JOB, Cluster, device_of, job_name
+from tfe_lite.runtime.cluster import DRIVER_JOB, Cluster, device_of, job_name, split_address
 from tfe_lite.runtime.faults import translate
 from tfe_lite.runtime.wait import describe, probe_all, wait_for_players
 from tfe_lite.runtime.watchdog import DEFAULT_HANG_TIMEOUT, Watchdog
@@ -153,6 +155,10 @@ class RemoteConfig(Config):
             tf.config.set_soft_device_placement(False)
             spec = self.cluster_spec()
             job = job_name(self.driver) if self.driver else DRIVER_JOB
+            own_host, own_port = split_address(spec.as_dict()[job][0])
+            guarded = bind.preloaded()  # this process's own server on its address only (`tfe-lite run`)
+            if guarded:
+                bind.bind_only(bind.numeric_address(own_host, own_port), own_port)
             outcome: list = []
 
             def handshake():
@@ -184,11 +190,25 @@ class RemoteConfig(Config):
                     + ", ".join(f"{p.name!r} ({p.device}, at {self.addresses[p.name]})" for p in missing)
                     + ". Is each address the `tfe-lite serve` of that player?"
                 )
+            self._check_own_listener(guarded, own_host, own_port)
             self._incarnations = incarnations
             self._watchdog.reset()
             self._watchdog.start()
             self._connected = True
             return self
+
+    def _check_own_listener(self, guarded: bool, host: str, port: int) -> None:
+        """The driver's own gRPC server (TensorFlow starts one in this process to join the cluster): on its
+        address only when this process preloads the ``bind()`` wrapper, else on every interface, said once."""
+        listening = bind.listening_addresses(port)
+        if guarded and (bind.every_interface(listening) or not listening):
+            found = f"it listens on {', '.join(listening)}" if listening else "no socket listens there"
+            raise RuntimeConfigError(f"{self.cluster.source}: this driver's gRPC server was to listen on {host} port {port} "
+                                     f"only, but {found}. Stop this process; do not use it with the cluster.")
+        if not guarded and bind.every_interface(listening):
+            warnings.warn(f"{self.cluster.source}: this driver's gRPC server listens on every interface at port {port} "
+                          f"(TensorFlow's choice). Run the driver as `tfe-lite run SCRIPT.py ...` to listen on {host} "
+                          "only, or keep the port closed to the network.", RuntimeWarning, stacklevel=3)
 
     # -------------------------------------------------------------------- Config: devices on demand
     @property

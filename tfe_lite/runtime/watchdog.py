@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Mapping
 
+from tfe_lite.runtime import procnet
 from tfe_lite.runtime.cluster import split_address
 from tfe_lite.runtime.wait import NO_ANSWER, probe_all
 
@@ -45,29 +46,9 @@ def _endpoints(address: str) -> set[tuple[str, int]]:
     return {(str(ipaddress.ip_address(info[4][0].split("%")[0])), port) for info in infos}
 
 
-def _peer(hex_address: str) -> tuple[str, int]:
-    """An ``ADDR:PORT`` entry of ``/proc/net/tcp{,6}`` (little-endian 32-bit words) as (IP, port)."""
-    addr, port = hex_address.split(":")
-    raw = b"".join(bytes.fromhex(addr[i:i + 8])[::-1] for i in range(0, len(addr), 8))
-    ip = ipaddress.ip_address(raw)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return str(ip), int(port, 16)
-
-
 def _socket_inodes(endpoints: set[tuple[str, int]]) -> set[str]:
     """Inodes of this host's TCP sockets whose remote end is one of ``endpoints``."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and _peer(fields[2]) in endpoints:
-                inodes.add(fields[9])
-    return inodes
+    return {sock.inode for sock in procnet.tcp_sockets() if sock.remote in endpoints}
 
 
 def sever(address: str) -> int:
