@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -67,6 +68,15 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside tfe_lite and TensorFlow (the user's call that connected)."""
+    inside = (str(Path(__file__).resolve().parents[1]), str(Path(tf.__file__).resolve().parent))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class RemoteConfig(Config):
@@ -208,7 +218,7 @@ class RemoteConfig(Config):
         if not guarded and bind.every_interface(listening):
             warnings.warn(f"{self.cluster.source}: this driver's gRPC server listens on every interface at port {port} "
                           f"(TensorFlow's choice). Run the driver as `tfe-lite run SCRIPT.py ...` to listen on {host} "
-                          "only, or keep the port closed to the network.", RuntimeWarning, stacklevel=3)
+                          "only, or keep the port closed to the network.", RuntimeWarning, stacklevel=_caller_level())
 
     # -------------------------------------------------------------------- Config: devices on demand
     @property
