@@ -87,6 +87,15 @@ def listening_addresses(port: int) -> list[str]:
     return [s.local[0] for s in procnet.tcp_sockets() if s.state == procnet.LISTEN and s.local[1] == port]
 
 
+def exposure(port: int) -> str | None:
+    """What is wrong with the listening sockets at ``port`` for a server meant to be on one address only:
+    ``"it listens on ..."`` when one is on every interface, ``"no socket listens there"``; ``None`` when fine."""
+    listening = listening_addresses(port)
+    if not listening:
+        return "no socket listens there"
+    return f"it listens on {', '.join(listening)}" if every_interface(listening) else None
+
+
 def every_interface(addresses: list[str]) -> list[str]:
     """Those of ``addresses`` that are the wildcard (every interface)."""
     return [a for a in addresses if ipaddress.ip_address(a).is_unspecified]

@@ -142,14 +142,12 @@ def serve(config: str, player: str, *, listen_port: int | None = None, stop: thr
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, on_signal)
     server = tf.distribute.Server(server_def, start=True)
-    listening = bind.listening_addresses(listen)
-    wildcard = bind.every_interface(listening)
-    if not all_interfaces and (wildcard or not listening):
-        found = f"it listens on {', '.join(listening)}" if listening else "no socket listens there"
+    found = None if all_interfaces else bind.exposure(listen)
+    if found is not None:
         print(f"{PROG} serve: error: {where}: the gRPC server was to listen on {host} port {listen} only, but {found}: "
               "refusing to serve (pass --all-interfaces to accept every interface).", file=sys.stderr, flush=True)
         os._exit(2)  # TensorFlow's gRPC server cannot be stopped in process
-    on = "all interfaces" if all_interfaces else " and ".join(dict.fromkeys(listening)) + " only"
+    on = "all interfaces" if all_interfaces else " and ".join(dict.fromkeys(bind.listening_addresses(listen))) + " only"
     threads = ", ".join(f"{n} {k}-op threads" for n, k in ((inter, "inter"), (intra, "intra")) if n)
     log(f"player {player!r} ready at {address} (TensorFlow job {job!r}, target {server.target}; gRPC listens on "
         f"{on} at port {listen}; {native}; {memory}; {threads + '; ' if threads else ''}pid {os.getpid()})")

@@ -210,12 +210,11 @@ class RemoteConfig(Config):
     def _check_own_listener(self, guarded: bool, host: str, port: int) -> None:
         """The driver's own gRPC server (TensorFlow starts one in this process to join the cluster): on its
         address only when this process preloads the ``bind()`` wrapper, else on every interface, said once."""
-        listening = bind.listening_addresses(port)
-        if guarded and (bind.every_interface(listening) or not listening):
-            found = f"it listens on {', '.join(listening)}" if listening else "no socket listens there"
+        found = bind.exposure(port) if guarded else None
+        if found is not None:
             raise RuntimeConfigError(f"{self.cluster.source}: this driver's gRPC server was to listen on {host} port {port} "
                                      f"only, but {found}. Stop this process; do not use it with the cluster.")
-        if not guarded and bind.every_interface(listening):
+        if not guarded and bind.every_interface(bind.listening_addresses(port)):
             warnings.warn(f"{self.cluster.source}: this driver's gRPC server listens on every interface at port {port} "
                           f"(TensorFlow's choice). Run the driver as `tfe-lite run SCRIPT.py ...` to listen on {host} "
                           "only, or keep the port closed to the network.", RuntimeWarning, stacklevel=_caller_level())
