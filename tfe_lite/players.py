@@ -17,10 +17,7 @@ import dataclasses
 import re
 from typing import Iterable, Sequence
 
-import tensorflow as tf
-
 from tfe_lite import allocator
-from tfe_lite.devices import ensure_logical_cpus
 from tfe_lite.errors import ConfigError, PlayerError
 
 SERVER0 = "server0"
@@ -114,6 +111,9 @@ class LocalConfig(Config):
     """
 
     def __init__(self, player_names: Sequence[str] | None = None):
+        import tensorflow as tf  # here, not at the top: the cluster file and `tfe-lite serve` use this module's
+        from tfe_lite.devices import ensure_logical_cpus  # names before TensorFlow may be imported
+
         extra = _validate_names(player_names or ())
         names = list(DEFAULT_PLAYERS) + [n for n in extra if n not in DEFAULT_PLAYERS]
         allocator.keep_freed_memory()  # first: a bad TFE_LITE_MALLOC is refused before anything is configured

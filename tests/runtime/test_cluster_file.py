@@ -196,3 +196,46 @@ def test_the_watchdog_cuts_only_the_connections_to_the_silent_address():
     finally:
         for s in servers:
             s.close()
+
+
+def test_a_silent_player_has_the_watchdog_cut_the_drivers_connections_to_every_player():
+    """A stopped player can block a call the driver made to a healthy one (waiting for a share from the
+    stopped one): the connections to the healthy player are cut too, and only the silent one is named."""
+    import concurrent.futures
+
+    import grpc
+
+    from tfe_lite.runtime.watchdog import Watchdog
+
+    healthy = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    healthy.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "tensorflow.WorkerService", {"GetStatus": grpc.unary_unary_rpc_method_handler(lambda request, context: b"")}),))
+    healthy_port = healthy.add_insecure_port("127.0.0.1:0")
+    healthy.start()
+    stopped = socket.create_server(("127.0.0.1", 0))  # accepts at the kernel, never answers: a SIGSTOP'd player
+    other = socket.create_server(("127.0.0.1", 0))  # not a player of the cluster
+    addresses = {"server0": f"127.0.0.1:{stopped.getsockname()[1]}", "server1": f"127.0.0.1:{healthy_port}"}
+    waiting = socket.create_connection(("127.0.0.1", healthy_port), timeout=30)  # a call to server1 pending
+    unrelated = socket.create_connection(other.getsockname(), timeout=5)
+    peer = other.accept()[0]
+    try:
+        watchdog = Watchdog(addresses, hang_timeout=1.0).arm()
+        started = time.monotonic()
+        while waiting.recv(4096):  # the server's HTTP/2 settings, then end of stream once server0 was silent
+            pass  # for 1 s (the socket's 30 s bound: a hang; gRPC's own handshake deadline is 120 s)
+        assert time.monotonic() - started < 20
+        assert list(watchdog.hung) == ["server0"] and watchdog.hung["server0"] >= 1.0
+        unrelated.sendall(b"x")
+        assert peer.recv(1) == b"x"  # a connection elsewhere is untouched
+
+        # Disarmed (the computation failed): a new connection is left alone while server0 stays silent.
+        watchdog.disarm()  # cuts happen under the lock disarm() takes: none after it returns
+        reconnected = socket.create_connection(("127.0.0.1", healthy_port), timeout=3.5)
+        with pytest.raises(socket.timeout):  # 3.5 s: more than two rounds with server0 silent throughout
+            while reconnected.recv(4096):
+                pass
+        reconnected.close()
+    finally:
+        for s in (waiting, unrelated, peer, stopped, other):
+            s.close()
+        healthy.stop(0)

@@ -202,8 +202,7 @@ class RemoteConfig(Config):
                 )
             self._check_own_listener(guarded, own_host, own_port)
             self._incarnations = incarnations
-            self._watchdog.reset()
-            self._watchdog.start()
+            self._watchdog.arm()
             self._connected = True
             return self
 
@@ -240,8 +239,11 @@ class RemoteConfig(Config):
         try:
             yield self
         except Exception as error:
-            fault = translate(error, self.served, source=self.cluster.source, incarnations=self._incarnations,
-                              hung=self._watchdog.hung)
+            with self._watchdog.paused():  # the probes that name the lost player are not cut meanwhile
+                fault = translate(error, self.served, source=self.cluster.source, incarnations=self._incarnations,
+                                  hung=self._watchdog.hung)
+                if fault is not None:
+                    self._watchdog.disarm()  # the computation is over; the next connect arms it again
             if fault is None:
                 if isinstance(error, tf.errors.InvalidArgumentError) and "/job:localhost/" in str(error.message):
                     raise RuntimeConfigError(

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tfe_lite.errors import PartyUnavailableError
 from tfe_lite.runtime.cluster import job_name
-from tfe_lite.runtime.wait import NO_ANSWER, describe, probe_all
+from tfe_lite.runtime.wait import describe, probe_all
 
 #: Errors that always mean a player was lost.
 LOST = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError)
@@ -50,8 +50,9 @@ def translate(error: Exception, addresses: Mapping[str, str], *, source: str,
     """A PartyUnavailableError for ``error`` when it means a player was lost, else None.
 
     ``addresses``: the served players; ``incarnations``: theirs when the driver connected, to tell a
-    restarted player (new incarnation) from one that kept running; ``hung``: the players whose connections
-    the watchdog cut (:mod:`tfe_lite.runtime.watchdog`), and for how long they had been silent.
+    restarted player (new incarnation) from one that kept running; ``hung``: the players the watchdog found
+    silent for its hang timeout, and for how long (it then cut the driver's connections to the cluster,
+    :mod:`tfe_lite.runtime.watchdog`).
     """
     if not isinstance(error, LOST + MAYBE_LOST):
         return None
@@ -67,9 +68,10 @@ def translate(error: Exception, addresses: Mapping[str, str], *, source: str,
             else:
                 unreachable[name] = again[name]
     for name, seconds in (hung or {}).items():
-        if unreachable.get(name, "").startswith(NO_ANSWER):
+        # silent again, or its listen queue full ("failed to connect"); a refused connection means it died since
+        if name in unreachable and not unreachable[name].startswith("connection refused"):
             unreachable[name] = (f"hung: no answer for {seconds:.0f} s, a stopped or frozen process; the driver "
-                                 "cut its connections to it")
+                                 "cut its connections to the cluster")
     restarted = [name for name, inc in alive.items() if incarnations and name in incarnations and incarnations[name] != inc]
     named = [name for name in mentioned(str(error.message), addresses) if name not in unreachable and name not in restarted]
     if not isinstance(error, LOST) and not unreachable and not restarted:
