@@ -460,4 +460,10 @@ def run(args, cluster: Path, ports: set[int], pids: dict[str, int]):
 
 
 if __name__ == "__main__":
+    from tfe_lite.runtime import bind
+
+    # The driver's own gRPC server on 127.0.0.1 only (as `tfe-lite run` does); the players it starts inherit
+    # the preload. Without the built wrapper this runs on and RemoteConfig.connect warns.
+    if not {"-h", "--help"} & set(sys.argv[1:]):
+        bind.reexecute_preloaded(sys.orig_argv[1:])
     main()

@@ -98,6 +98,10 @@ def test_serve_in_a_process_without_the_wrapper_is_refused(tmp_path, capsys):
 
 
 def test_a_missing_or_stale_wrapper_is_named(tmp_path, monkeypatch):
+    from tfe_lite.ops.build import source_sha256
+
+    assert bind.source_digest() == source_sha256((bind.SOURCE,))  # what make ops compiles in
+    assert bind.library_problem() is None
     monkeypatch.setattr(bind, "LIBRARY", tmp_path / "_bind_only.so")
     assert bind.library_problem() == "_bind_only.so is not built (run `make ops`)"
     monkeypatch.undo()

@@ -16,11 +16,13 @@ on every interface takes an explicit ``--all-interfaces``.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import ipaddress
 import os
 import socket
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from tfe_lite.errors import ConfigError
 from tfe_lite.runtime import procnet
@@ -29,6 +31,9 @@ LIBRARY = Path(__file__).resolve().parents[1] / "ops" / "_bind_only.so"
 SOURCE = LIBRARY.with_name("bind_only.c")
 #: ``"ADDRESS PORT"``: the wildcard bind the wrapper rewrites, read by the library at each ``bind()``.
 ENV = "TFE_LITE_BIND_ONLY"
+#: The pid of a process re-executed by :func:`reexecute_preloaded` (the same after ``execve``), so that it
+#: is tried once only; its children may try on their own.
+REEXECUTED = "TFE_LITE_PRELOAD_REEXECUTED"
 
 
 def library_problem() -> str | None:
@@ -37,16 +42,21 @@ def library_problem() -> str | None:
         return f"binding one address needs Linux (LD_PRELOAD and /proc/net); this is {sys.platform}"
     if not LIBRARY.exists():
         return f"{LIBRARY.name} is not built (run `make ops`)"
-    from tfe_lite.ops.build import source_sha256
-
     try:
         built = ctypes.CDLL(str(LIBRARY)).tfe_lite_bind_only_source_sha256
     except (OSError, AttributeError) as error:
         return f"{LIBRARY} does not load ({error}); rebuild it with `make ops`"
     built.restype = ctypes.c_char_p
-    if built().decode() != source_sha256((SOURCE,)):
+    if built().decode() != source_digest():
         return f"{LIBRARY} was built from another version of {SOURCE.name}; rebuild it with `make ops`"
     return None
+
+
+def source_digest() -> str:
+    """The SHA-256 (hex) of ``bind_only.c``, as ``make ops`` compiles it in (``tfe_lite.ops.build.source_sha256``
+    of that one file; computed here because importing the ``tfe_lite.ops`` package imports TensorFlow, which
+    ``tfe-lite serve`` must not do before it re-executes)."""
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
 
 
 def preloaded() -> bool:
@@ -65,6 +75,20 @@ def preload_environment(environment: dict[str, str] | None = None) -> dict[str, 
     others = [p for p in env.get("LD_PRELOAD", "").replace(":", " ").split() if p != str(LIBRARY)]
     env["LD_PRELOAD"] = " ".join([str(LIBRARY), *others])
     return env
+
+
+def reexecute_preloaded(arguments: Sequence[str]) -> None:
+    """Replace this process (same pid, standard streams) by ``python ARGUMENTS...`` preloading the wrapper,
+    before TensorFlow starts a server. A no-op when the wrapper is loaded already, when a re-execution
+    already ran, or when it cannot be preloaded here: ``tfe-lite serve`` then names the problem and
+    ``RemoteConfig.connect`` warns that the driver listens on every interface."""
+    if preloaded() or os.environ.get(REEXECUTED) == str(os.getpid()) or library_problem() is not None:
+        return
+    env = preload_environment()
+    env[REEXECUTED] = str(os.getpid())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *arguments], env)
 
 
 def numeric_address(host: str, port: int) -> str:

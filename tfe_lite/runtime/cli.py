@@ -157,23 +157,6 @@ def serve(config: str, player: str, *, listen_port: int | None = None, stop: thr
     return 0
 
 
-#: Set in the environment of the process ``tfe-lite serve`` re-executes with the preloaded wrapper.
-REEXECUTED = "TFE_LITE_SERVE_PRELOADED"
-
-
-def _reexecute_with_preload(argv: Sequence[str]) -> None:
-    """Replace this process (same pid, standard streams and arguments) by one that preloads the ``bind()``
-    wrapper, before TensorFlow starts; no-op when it is loaded, cannot be, or a re-execution already ran
-    (``serve`` then names the problem)."""
-    if bind.preloaded() or os.environ.get(REEXECUTED) or bind.library_problem() is not None:
-        return
-    env = bind.preload_environment()
-    env[REEXECUTED] = "1"
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "tfe_lite.runtime.cli", *argv], env)
-
-
 def run(script: str, arguments: Sequence[str]) -> int:
     """``tfe-lite run SCRIPT.py ARGS...``: replace this process by ``python SCRIPT.py ARGS...`` preloading the
     ``bind()`` wrapper, so the driver's own gRPC server (``RemoteConfig.connect``) listens on its address
@@ -197,7 +180,7 @@ def console() -> int:
     re-executed to preload the ``bind()`` wrapper unless ``--all-interfaces`` is given."""
     argv = sys.argv[1:]
     if argv[:1] == ["serve"] and "--all-interfaces" not in argv and "-h" not in argv and "--help" not in argv:
-        _reexecute_with_preload(argv)
+        bind.reexecute_preloaded(["-m", "tfe_lite.runtime.cli", *argv])
     return main(argv)
 
 
