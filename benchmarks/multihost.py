@@ -2,7 +2,7 @@
 local mode, in one run.
 
 Run: python benchmarks/multihost.py [--size 512] [--batches 1 64] [--repeats 10] [--rtt-ms 20] [--offline]
-     [--player-threads N] [--comparison auto|dealt|assisted] [--malloc tuned|system]
+     [--player-threads N] [--pin] [--comparison auto|dealt|assisted] [--malloc tuned|system]
 
 The script starts server0, server1, the crypto producer and the model owner as `tfe-lite serve` processes
 (free 127.0.0.1 ports, stopped at the end whatever happens) and drives them as alice. The same process
@@ -40,7 +40,9 @@ keeping freed memory for the next tensor (:mod:`tfe_lite.allocator`), to measure
 ``--offline``: LeNet's triples come from a precomputed dealer (made before the timed runs, in both modes),
 so the timed runs are the online phase: the producer takes no part. ``--player-threads N``: each served
 player's TensorFlow thread pools (``tfe-lite serve --inter-op-threads N --intra-op-threads N``), for four
-players sharing this machine's cores.
+players sharing this machine's cores. ``--pin``: server0 and server1 each on a CPU of its own
+(``tfe-lite serve --cpus``: the first and the second this process may run on), the producer and the driver
+on any; local mode is not pinned.
 
 Latency: ``--rtt-ms R`` puts each served player behind a relay that delays every byte by R/2 ms each way
 (benchmarks/delay_proxy.py; ``tc netem`` is unavailable: this kernel lacks ``CONFIG_NET_SCH_NETEM``), so a
@@ -90,6 +92,8 @@ def parse_args(argv=None):
                         help="Pond's comparison protocol for LeNet (default: auto, as Pond's default)")
     parser.add_argument("--player-threads", type=positive_int, default=None, metavar="N",
                         help="each served player's inter-op and intra-op thread pools (default: TensorFlow's, one per core)")
+    parser.add_argument("--pin", action="store_true",
+                        help="server0 and server1 each on a CPU of its own (tfe-lite serve --cpus)")
     parser.add_argument("--malloc", choices=("tuned", "system"), default="tuned",
                         help="TFE_LITE_MALLOC in every process (tfe_lite.allocator; default: tuned, as tfe_lite's)")
     return parser.parse_args(argv)
@@ -107,14 +111,24 @@ def free_ports(count):
     return ports
 
 
-def start_players(cluster: Path, processes: dict, listen: dict[str, int] | None = None, threads: int | None = None) -> None:
+def pinned_cpus() -> dict[str, str]:
+    """``--pin``: server0 and server1 on the first and second CPU this process may run on."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return {name: str(cpus[i % len(cpus)]) for i, name in enumerate(("server0", "server1"))}
+
+
+def start_players(cluster: Path, processes: dict, listen: dict[str, int] | None = None, threads: int | None = None,
+                  cpus: dict[str, str] | None = None) -> None:
     """Start the served players into ``processes`` (so the caller stops them whatever happens); wait until
-    ready. ``threads``: each player's inter-op and intra-op thread pool size (None: TensorFlow's default)."""
+    ready. ``threads``: each player's inter-op and intra-op thread pool size (None: TensorFlow's default);
+    ``cpus``: player -> the CPUs it is pinned to (the others run anywhere)."""
     started = {}
     for name in SERVED:
         extra = ["--listen-port", str(listen[name])] if listen else []
         if threads:
             extra += ["--inter-op-threads", str(threads), "--intra-op-threads", str(threads)]
+        if cpus and name in cpus:
+            extra += ["--cpus", cpus[name]]
         processes[name] = started[name] = subprocess.Popen(
             [sys.executable, "-m", "tfe_lite.runtime.cli", "serve", "--config", str(cluster), "--player", name, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -249,7 +263,7 @@ def main(argv=None):
         if relay.stdout.readline().strip() != "relaying":
             raise RuntimeError(f"the delaying relay did not start (exit {relay.poll()})")
     try:
-        start_players(cluster, processes, listen, args.player_threads)
+        start_players(cluster, processes, listen, args.player_threads, pinned_cpus() if args.pin else None)
         run(args, cluster, set(ports), {name: process.pid for name, process in processes.items()})
     finally:
         for process in processes.values():
@@ -371,6 +385,8 @@ def run(args, cluster: Path, ports: set[int], pids: dict[str, int]):
     dealer = "LeNet with a precomputed dealer (online phase), the matmul with the online dealer" if args.offline else "online dealer"
     dealer += f", comparison={args.comparison!r}"
     threads = f", {args.player_threads} inter-op and intra-op threads per served player" if args.player_threads else ""
+    if args.pin:
+        threads += ", multi-host " + " and ".join(f"{name} on CPU {cpu}" for name, cpu in pinned_cpus().items())
     print(f"\nmedian of {args.repeats} interleaved runs, {dealer} (tfe_lite.ops backend: {tfe_lite.ops.backend()}, "
           f"{os.cpu_count()} CPUs; {keep_freed_memory()}){threads}{latency}")
     medians = {name: statistics.median(t) for name, t in times.items()}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from conftest import Process, free_ports, write_cluster
@@ -135,11 +137,18 @@ def test_players_and_a_driver_run_by_tfe_lite_run_listen_on_their_address_only(t
     serve = [sys.executable, "-m", "tfe_lite.runtime.cli", "serve", "--config", str(cluster), "--player"]
     started = []
     try:
-        for name in ("server0", "server1"):
-            started.append(Process([*serve, name]))
+        cpu = min(os.sched_getaffinity(0))
+        started.append(Process([*serve, "server0"]))
+        started.append(Process([*serve, "server1", "--cpus", str(cpu)]))  # pinned: every thread, TensorFlow's included
         started.append(Process([*serve, "crypto-producer", "--all-interfaces"]))
         lines = [p.expect("tfe-lite serve: player", 60) for p in started]
         assert f"gRPC listens on 127.0.0.1 only at port {ports['server0']}" in lines[0]
+        assert f"; CPUs {cpu}; pid " in lines[1] and "CPUs" not in lines[0]
+        tasks = list(Path(f"/proc/{started[1].popen.pid}/task").iterdir())
+        assert len(tasks) > 4  # TensorFlow's and gRPC's threads exist by now
+        for task in tasks:
+            allowed = next(l for l in (task / "status").read_text().splitlines() if l.startswith("Cpus_allowed_list"))
+            assert allowed.split()[1] == str(cpu), (task, allowed)
         assert f"gRPC listens on all interfaces at port {ports['crypto-producer']}" in lines[2]
         assert bind.listening_addresses(ports["server0"]) == ["127.0.0.1"]
         assert bind.listening_addresses(ports["server1"]) == ["127.0.0.1"]
@@ -164,6 +173,15 @@ def test_players_and_a_driver_run_by_tfe_lite_run_listen_on_their_address_only(t
     finally:
         for process in started:
             process.kill()
+
+
+def test_a_bad_cpu_list_is_refused_before_serving(tmp_path, capsys):
+    cluster = write_cluster(tmp_path / "cluster.json", ("server0", "server1", "crypto-producer"))
+    for value, why in (("1-0", "expected CPU numbers such as `0` or `0,2-3`"), ("x", "expected CPU numbers"),
+                       (str(max(os.sched_getaffinity(0)) + 1), "is not one this process may run on")):
+        assert cli.main(["serve", "--config", str(cluster), "--player", "server0", "--cpus", value]) == 2
+        err = capsys.readouterr().err
+        assert "Received an invalid value for `--cpus`" in err and why in err and f"Received: {value!r}" in err
 
 
 def test_tfe_lite_run_names_a_missing_script(tmp_path, capsys):

@@ -85,20 +85,48 @@ def _thread_count(name: str, value) -> int:
     return value
 
 
+def cpu_list(value: str) -> list[int]:
+    """``"0,2-3"`` (the notation of ``taskset -c``) as ``[0, 2, 3]``; each CPU must be one this process may
+    run on."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    expected = "expected CPU numbers such as `0` or `0,2-3`"
+    if allowed is None:
+        raise ConfigError(f"Received an invalid value for `--cpus`: pinning a player to CPUs needs Linux. Received: {value!r}")
+    cpus: set[int] = set()
+    try:
+        for part in str(value).split(","):
+            first, _, last = part.strip().partition("-")
+            low, high = int(first), int(last or first)
+            if low < 0 or high < low:
+                raise ValueError
+            cpus.update(range(low, high + 1))
+    except ValueError:
+        raise ConfigError(f"Received an invalid value for `--cpus`, {expected}. Received: {value!r}") from None
+    outside = sorted(cpus - set(allowed))
+    if outside:
+        raise ConfigError(f"Received an invalid value for `--cpus`: CPU {', '.join(map(str, outside))} is not one this "
+                          f"process may run on ({', '.join(map(str, allowed))}). Received: {value!r}")
+    return sorted(cpus)
+
+
 def serve(config: str, player: str, *, listen_port: int | None = None, stop: threading.Event | None = None,
-          inter_op_threads: int | None = None, intra_op_threads: int | None = None, all_interfaces: bool = False) -> int:
+          inter_op_threads: int | None = None, intra_op_threads: int | None = None, all_interfaces: bool = False,
+          cpus: str | None = None) -> int:
     """Run ``player``'s server from the cluster file ``config`` until SIGINT/SIGTERM (or ``stop`` is set).
 
     ``inter_op_threads`` / ``intra_op_threads``: the sizes of this player's TensorFlow thread pools (ops run
     side by side / threads inside one op); TensorFlow's default, one per core, suits a player alone on its
     machine. Players sharing a machine's cores compute faster with fewer each (benchmarks/multihost.py
-    gives each of four players on two cores one intra-op thread).
+    gives each of four players on two cores one intra-op thread). ``cpus`` (``"0"``, ``"0,2-3"``) pins the
+    player's threads to those CPUs, set before TensorFlow starts, so its thread pools are sized to them; on a
+    machine shared by players, each server on a core of its own computes faster than all on every core.
 
     The server listens on the address's host only, which needs this process to preload the ``bind()``
     wrapper (``tfe-lite serve`` arranges it; a call in a process without it is refused, naming why);
     ``all_interfaces=True`` listens on every interface instead."""
     inter = _thread_count("inter-op-threads", inter_op_threads)
     intra = _thread_count("intra-op-threads", intra_op_threads)
+    pinned = None if cpus is None else cpu_list(cpus)
     found = cluster_file.load(config)
     cluster_file.check_player(found, player)
     where = found.where(f"players[{player!r}]")
@@ -116,6 +144,8 @@ def serve(config: str, player: str, *, listen_port: int | None = None, stop: thr
             raise ConfigError(f"{where}: cannot listen on {host} only: {why}. Pass --all-interfaces to listen on every "
                               "interface instead (and keep the port closed to the network).")
         bind.bind_only(bind.numeric_address(host, listen), listen)
+    if pinned is not None:  # before TensorFlow's threads exist: they inherit it, and its pools are sized to it
+        os.sched_setaffinity(0, pinned)
     native = _load_native_ops()
     memory = allocator.keep_freed_memory()
 
@@ -148,7 +178,8 @@ def serve(config: str, player: str, *, listen_port: int | None = None, stop: thr
               "refusing to serve (pass --all-interfaces to accept every interface).", file=sys.stderr, flush=True)
         os._exit(2)  # TensorFlow's gRPC server cannot be stopped in process
     on = "all interfaces" if all_interfaces else " and ".join(dict.fromkeys(bind.listening_addresses(listen))) + " only"
-    threads = ", ".join(f"{n} {k}-op threads" for n, k in ((inter, "inter"), (intra, "intra")) if n)
+    threads = ", ".join([f"{n} {k}-op threads" for n, k in ((inter, "inter"), (intra, "intra")) if n]
+                        + ([f"CPUs {','.join(map(str, pinned))}"] if pinned is not None else []))
     log(f"player {player!r} ready at {address} (TensorFlow job {job!r}, target {server.target}; gRPC listens on "
         f"{on} at port {listen}; {native}; {memory}; {threads + '; ' if threads else ''}pid {os.getpid()})")
     while not stop.wait(0.5):
@@ -198,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve_parser.add_argument(f"--{kind}-op-threads", type=int, default=None, metavar="N",
                                   help=f"this player's TensorFlow {kind}-op thread pool ({what}; default: one per "
                                        "core); fewer suit players that share a machine")
+    serve_parser.add_argument("--cpus", default=None, metavar="LIST",
+                              help="run this player on these CPUs only (as `taskset -c`: 0 or 0,2-3); players that "
+                                   "share a machine compute faster with a core each")
     serve_parser.add_argument("--all-interfaces", action="store_true",
                               help="listen on every interface at the port (TensorFlow's own choice) instead of "
                                    "the address's host only")
@@ -214,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status = serve(args.config, args.player, listen_port=args.listen_port,
                        inter_op_threads=args.inter_op_threads, intra_op_threads=args.intra_op_threads,
-                       all_interfaces=args.all_interfaces)
+                       all_interfaces=args.all_interfaces, cpus=args.cpus)
     except (ConfigError, RuntimeConfigError) as error:
         print(f"{PROG} serve: error: {error}", file=sys.stderr, flush=True)
         return 2
