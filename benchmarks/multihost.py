@@ -52,6 +52,7 @@ no bytes are reported.
 """
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -75,6 +76,7 @@ CRYPTEN_TARGET = 0.1
 HOPS = 40  # messages in the round-trip probe
 SHORT_HOPS = 10  # the short chain: the per-message cost is the slope between the two chains
 WIDTH = 400  # messages in the one-round probe (LeNet's forward sends about 400 tensors between players)
+TRAFFIC_RUNS = 3  # runs of each case whose bytes are counted (outside the timed runs)
 BULK = 2**20  # int64 elements (8 MiB) in the throughput probe
 
 
@@ -266,6 +268,9 @@ def main(argv=None):
         start_players(cluster, processes, listen, args.player_threads, pinned_cpus() if args.pin else None)
         run(args, cluster, set(ports), {name: process.pid for name, process in processes.items()})
     finally:
+        # The traced functions are freed while their players still serve: TensorFlow removes each from every
+        # player it was registered on (freed at exit, after the players stopped, each would log an error).
+        gc.collect()
         for process in processes.values():
             process.terminate()
         for process in processes.values():
@@ -275,7 +280,7 @@ def main(argv=None):
                 process.kill()
 
 
-def traffic(config, fn, fn_args, prot, ports, runs=3):
+def traffic(config, fn, fn_args, prot, ports, runs=TRAFFIC_RUNS):
     """``(bytes on the wire, the protocol's count of bytes, its count of messages, the log)`` per run of
     ``fn``, averaged over ``runs`` (the log holds all of them)."""
     import tensorflow as tf
@@ -472,7 +477,7 @@ def run(args, cluster: Path, ports: set[int], pids: dict[str, int]):
             extra = f"; busiest link {src} -> {dst} {share * counted:,.0f} ({share:.0%})"
         print(f"  {name[len('multi-host: '):]:40s} wire {on_wire:14,.0f}  count {counted:14,.0f}  "
               f"wire / count = {on_wire / counted:.3f}{extra}")
-    print(matmul_log.summary())
+    print(f"\nthe private {n}x{n} matmul by link, the protocol's count over {TRAFFIC_RUNS} runs: " + matmul_log.summary())
 
 
 if __name__ == "__main__":

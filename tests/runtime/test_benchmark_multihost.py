@@ -35,6 +35,9 @@ def test_the_benchmark_runs_and_reports_its_breakdown(comparison):
         assert re.search(rf"{re.escape(case)}\s+local\s+[\d.]+ ms, multi-host\s+[\d.]+ ms \(driver [\d.]+, server0 [\d.]+, "
                          rf"server1 [\d.]+, .*\): [\d.]+x", out), case
     assert re.search(r"LeNet private inference, batch 1\s+wire\s+[\d,]+\s+count\s+[\d,]+", out)
+    assert re.search(r"the private 32x32 matmul by link, the protocol's count over 3 runs: \d+ messages", out)
+    # its traced functions are freed while the players serve (after they stopped, TensorFlow logs an error for each)
+    assert "Failed to remove function remotely" not in run.stderr
 
 
 def test_the_remote_call_probe_reports_each_process():

@@ -239,3 +239,23 @@ def test_a_silent_player_has_the_watchdog_cut_the_drivers_connections_to_every_p
         for s in (waiting, unrelated, peer, stopped, other):
             s.close()
         healthy.stop(0)
+
+
+def test_the_watchdog_ends_quietly_when_the_interpreter_exits():
+    """A driver's script that ends while connected: the watchdog's thread may wake during the interpreter's
+    exit (TensorFlow's own exit handlers take seconds), when no new probe can be scheduled; it stops without
+    a traceback (CI's log showed one after the suite)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import atexit, socket, time
+from tfe_lite.runtime.watchdog import INTERVAL, Watchdog
+silent = socket.create_server(("127.0.0.1", 0))
+Watchdog({{"server0": "127.0.0.1:%d" % silent.getsockname()[1]}}, hang_timeout=60.0).arm()
+atexit.register(time.sleep, 3 * INTERVAL)  # a slow exit handler: the watchdog wakes while it runs
+time.sleep(0.2)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr

@@ -138,7 +138,12 @@ class Watchdog:
         probe_timeout = min(2.0, self.hang_timeout / 3)
         while True:
             started, generation = time.monotonic(), self._generation
-            _, silent = probe_all(self.addresses, probe_timeout)
+            try:
+                _, silent = probe_all(self.addresses, probe_timeout)
+            except RuntimeError as error:  # the interpreter is exiting: concurrent.futures takes no more work
+                if "shutdown" in str(error):  # (this daemon thread may wake while atexit handlers still run)
+                    return
+                raise
             now = time.monotonic()
             with self._state:
                 if generation != self._generation or seen_generation != generation:
