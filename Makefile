@@ -26,7 +26,7 @@ demo: install
 	$(PY) examples/private_inference_mnist.py
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20 tests
 
 bench: install
 	$(PY) benchmarks/ring_matmul.py
