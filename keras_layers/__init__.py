@@ -5,10 +5,6 @@
 layers computing on Pond tensors; each calls protocol ops only.
 """
 
-from tfe_lite.tracing import leave_unconverted
-
-leave_unconverted()  # AutoGraph calls this code as it is inside a user's tf.function (see tfe_lite.tracing)
-
 from .activation import ACTIVATIONS, PrivateActivation, PrivateReLU, PrivateSoftmax
 from .base import PrivateLayer
 from .conv2d import PrivateConv2D

@@ -31,7 +31,6 @@ def leave_unconverted(packages: tuple[str, ...] = UNCONVERTED) -> bool:
                       "trace more slowly (AutoGraph converts the protocol code)", RuntimeWarning, stacklevel=2)
         return False
     present = {str(rule) for rule in config.CONVERSION_RULES}
-    rules = tuple(config_lib.DoNotConvert(name) for name in packages
-                  if str(config_lib.DoNotConvert(name)) not in present)
+    rules = tuple(rule for rule in map(config_lib.DoNotConvert, packages) if str(rule) not in present)
     config.CONVERSION_RULES = rules + tuple(config.CONVERSION_RULES)
     return True
