@@ -25,8 +25,13 @@ ops: $(STAMP)
 demo: install
 	$(PY) examples/private_inference_mnist.py
 
+# The suite in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them (its module
+# fixtures made once): most tests keep one core busy, so two workers on two cores take about 14 minutes
+# where one took 21 (README, "Tests"). TEST_WORKERS=0 runs it in this process alone.
+TEST_WORKERS ?= 2
+
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider --durations=20 tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=20 tests
 
 bench: install
 	$(PY) benchmarks/ring_matmul.py

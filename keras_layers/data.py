@@ -104,14 +104,24 @@ class SharedRows:
             pair = []
             for i, server in enumerate((prot.server0, prot.server1)):
                 with tf.device(server.device):
-                    pair.append(tf.Variable(tf.concat([p.shares[i] for p in parts], axis=0), trainable=False,
+                    value = tf.concat([p.shares[i] for p in parts], axis=0)
+                    # Any number of rows: a step traced on one fit's rows serves the next fit's (see `gather`).
+                    pair.append(tf.Variable(value, trainable=False, shape=tf.TensorShape([None, *value.shape[1:]]),
                                             name=f"training_{'rows' if parts is rows else 'labels'}_share{i}"))
             self.variables.append(pair)
 
-    def gather(self, index):
-        """Private rows and labels at the public ``index`` (int64 ``[batch]``)."""
+    @property
+    def flat_variables(self) -> list[tf.Variable]:
+        """The rows' shares (server0's, server1's), then the labels': the arguments of :meth:`gather`."""
+        return [v for pair in self.variables for v in pair]
+
+    def gather(self, index, variables=None):
+        """Private rows and labels at the public ``index`` (int64 ``[batch]``), from ``variables`` (default:
+        :attr:`flat_variables`; inside a traced step, the function's arguments, so that the trace reads
+        whichever fit's rows it is called with)."""
         prot, out = self.protocol, []
-        for pair in self.variables:
+        variables = self.flat_variables if variables is None else list(variables)
+        for pair in (variables[:2], variables[2:]):
             shares = []
             for server, variable in zip((prot.server0, prot.server1), pair):
                 with tf.device(server.device):

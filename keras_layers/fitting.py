@@ -82,11 +82,9 @@ class PrivateTraining:
             raise ConfigError("Received `validation_data` with reveal_to=None: validation reveals the outputs on the "
                               "validation rows to the client; compile with a `reveal_to` player to allow it.")
         rows = SharedRows(self, owners_of(self, x, y), plan.loss)
-        # one trace per fit (it reads this fit's shared rows): a last, smaller batch is padded to the batch size
         self._batch_size = int(batch_size or 32)
-        k = plan.shift(self._batch_size)
-        self._step_function = tf.function(lambda index, loss_factors, mean_factors: plan.step(
-            *rows.gather(index), loss_factors, mean_factors, k), autograph=False)
+        self._rows = rows
+        self._step_function = plan.step_function(self._batch_size, rows)
         if validation_data is not None:
             # Keras builds its compiled loss and metrics from the first training batch, which here holds row
             # indices and no labels; build them from an example of a row and its label instead, so the client's
@@ -111,7 +109,7 @@ class PrivateTraining:
             index = tf.concat([index, tf.zeros([batch - n], tf.int64)], axis=0)
         loss_factors, mean_factors = self.plan.row_weights(n, batch)
         with tf.device(None):
-            logs = self._step_function(index, tf.constant(loss_factors), tf.constant(mean_factors))
+            logs = self._step_function(index, tf.constant(loss_factors), tf.constant(mean_factors), *self._rows.flat_variables)
         for name, value in logs.items():
             self._trackers[name].update_state(value, sample_weight=n)
         return {name: tracker.result() for name, tracker in self._trackers.items()}
@@ -120,11 +118,13 @@ class PrivateTraining:
     def _last_step_graph(self):
         """The GraphDef of the last fit's traced step (for placement audits; made when asked for)."""
         concrete = self._step_function.get_concrete_function(tf.TensorSpec([self._batch_size], tf.int64),
-                                                             *[tf.TensorSpec([self._batch_size], tf.float64)] * 2)
+                                                             *[tf.TensorSpec([self._batch_size], tf.float64)] * 2,
+                                                             *self._rows.flat_variables)
         return concrete.graph.as_graph_def()
 
     def make_train_function(self, force=False):
-        # Each batch runs the private step traced once per fit (self._step_function); Keras's loop stays eager.
+        # Each batch runs the private step, traced once per compile and batch size (TrainingPlan.step_function);
+        # Keras's loop stays eager.
         if self.train_function is None or force:
             self.train_function = eager_steps(self, self.train_step)
         return self.train_function

@@ -187,6 +187,18 @@ class TrainingPlan:
         self.log_names = ["loss"] + [name for name, _ in self.metric_names] if self.reveal_to is not None else []
 
     # ------------------------------------------------------------------------------------------ step
+    def step_function(self, batch: int, rows):
+        """The traced private step for batches of ``batch`` rows, ``(index, loss_factors, mean_factors,
+        *rows.flat_variables) -> logs``: one per plan (a compile) and batch size. The shared rows are arguments
+        (variables of any row count), so a later ``fit`` on other rows reuses the trace: tracing and the first
+        run of a step take tens of seconds even for a small network. A last, smaller batch is padded."""
+        cache = self.__dict__.setdefault("_step_functions", {})
+        if batch not in cache:
+            k = self.shift(batch)
+            cache[batch] = tf.function(lambda index, loss_factors, mean_factors, *variables: self.step(
+                *rows.gather(index, variables), loss_factors, mean_factors, k), autograph=False)
+        return cache[batch]
+
     @staticmethod
     def shift(batch: int) -> int:
         """``k`` with ``2**k >= batch``: the power of two of :meth:`row_weights`' factors."""
@@ -197,7 +209,7 @@ class TrainingPlan:
         and for the metrics. A mean over the rows is ``2**-k * sum(row * factor)`` (``k`` from :meth:`shift`)
         with ``factor = 2**k / n`` on real rows and 0 on padding (``2**k / n`` is at least 1, so it is encoded
         within a relative ``2**-16``); a sum loss has factors ``2**k`` (metrics are means either way).
-        Padding the last, smaller batch of an epoch keeps one trace per fit."""
+        Padding the last, smaller batch of an epoch keeps one trace (:meth:`step_function`)."""
         k = self.shift(batch)
         means = np.zeros(batch, np.float64)
         means[:n] = 2.0**k / n

@@ -145,6 +145,20 @@ def test_checkpoints_hold_one_servers_shares_each_and_resume_to_the_same_weights
         resumed.save(str(directory / "m.keras"))
 
 
+def test_a_later_fit_on_other_rows_reuses_the_trace_and_trains_on_those_rows(digits, trained):
+    # After the tests above that read the fixture's final state: this one trains its model further.
+    x, y = digits
+    private, twin, *_ = trained
+    step = private._step_function
+    traces = step.experimental_get_tracing_count()
+    assert traces == 1
+    # 75 rows the first fit never saw (a padded last batch); the step reads this fit's rows, not the first's
+    private.fit(x[300:375], y[300:375], batch_size=50, epochs=1, shuffle=False, verbose=0)
+    twin.fit(x[300:375], y[300:375], batch_size=50, epochs=1, shuffle=False, verbose=0)
+    assert private._step_function is step and step.experimental_get_tracing_count() == traces
+    _assert_same_weights(private.reveal_model(to=OWNER), twin)
+
+
 def test_several_data_owners_train_on_mixed_batches_and_reveal_to_none_reveals_nothing(prot, digits):
     x, y = digits
     private, twin = _twins(prot, seed=1, reveal_to=None)
