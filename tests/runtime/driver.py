@@ -106,7 +106,7 @@ def run(config: tfe_lite.RemoteConfig) -> None:
     emit(results={k: v.tolist() for k, v in results.items()}, devices=devices,
          players={p.name: p.device for p in config.players}, soft_placement=tf.config.get_soft_device_placement(),
          placed=placed, executed=executed, fresh=fresh, keras=keras, keras_dealt=dealt_outputs.tolist(),
-         environment={name: os.environ.get(name) for name in ("GRPC_FAIL_FAST", "TF_ENABLE_EAGER_CLIENT_STREAMING_ENQUEUE")},
+         grpc_fail_fast=os.environ.get("GRPC_FAIL_FAST"),
          auto={n: comparison.protocol_for(prot, n) for n in (1, comparison.ASSISTED_MAX_ELEMENTS,
                                                                comparison.ASSISTED_MAX_ELEMENTS + 1)})
 

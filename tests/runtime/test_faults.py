@@ -12,7 +12,8 @@ import pytest
 
 import scenarios
 
-pytestmark = pytest.mark.slow
+# Time bounds measured on a machine the cluster has to itself: `make test` runs this after the parallel suite.
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 TIMEOUT = 5.0  # the driver's RemoteConfig timeout
 HANG_TIMEOUT = 4.0  # and its hang_timeout (watchdog)

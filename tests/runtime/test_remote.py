@@ -97,8 +97,7 @@ def test_players_are_jobs_of_the_cluster_and_tensors_live_there(remote):
         "reveal_bob": players["bob"], "reveal_alice": players["alice"],
     }
     assert remote["soft_placement"] is False  # an op runs where it is placed or fails
-    # a lost player fails the calls to it; eager requests go one gRPC call each (a stream of them could hang)
-    assert remote["environment"] == {"GRPC_FAIL_FAST": "true", "TF_ENABLE_EAGER_CLIENT_STREAMING_ENQUEUE": "0"}
+    assert remote["grpc_fail_fast"] == "true"  # a call to a lost player fails instead of waiting for it
 
 
 def test_traced_graph_places_every_op_on_the_same_player_as_local_mode(remote, local):

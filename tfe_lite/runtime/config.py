@@ -57,15 +57,6 @@ GRPC_OPTIONS = {"grpc.use_local_subchannel_pool": "1", "grpc.initial_reconnect_b
                 "grpc.min_reconnect_backoff_ms": "100", "grpc.max_reconnect_backoff_ms": "1000"}
 
 
-#: TensorFlow's switch between one stream of eager requests per player (its default) and one gRPC call per
-#: request. The driver takes single calls (a value the user set wins): with the stream, a player killed
-#: while eager ops run sometimes left the driver waiting forever for a value that player was to make (the
-#: shape of a remote tensor handle; the stream's failure did not reach it): in runs of
-#: tests/runtime/test_faults.py's kill on a loaded 2-core machine the error did not come in 3 of about 6,
-#: and in none of 8 with single calls, whose time on loopback was within the noise (README, multi-host).
-STREAMING_ENQUEUE = "TF_ENABLE_EAGER_CLIENT_STREAMING_ENQUEUE"
-
-
 def set_grpc_options() -> None:
     """Add :data:`GRPC_OPTIONS` to ``TF_GRPC_DEFAULT_OPTIONS`` (before this process makes its first channel)."""
     current = [o for o in os.environ.get("TF_GRPC_DEFAULT_OPTIONS", "").split(",") if o]
@@ -170,8 +161,6 @@ class RemoteConfig(Config):
             incarnations = wait_for_players(self.served, self.timeout, source=self.cluster.source)
             # Fail fast: without it a gRPC call to a lost player waits for the player to come back.
             os.environ["GRPC_FAIL_FAST"] = "true"
-            # One gRPC call per eager request, not TensorFlow's default stream of them (see STREAMING_ENQUEUE).
-            os.environ.setdefault(STREAMING_ENQUEUE, "0")
             set_grpc_options()
             tf.config.set_soft_device_placement(False)
             spec = self.cluster_spec()
