@@ -273,6 +273,29 @@ def test_a_dead_player_still_armed_after_the_hang_timeout_has_the_watchdog_cut_t
         healthy.stop(0)
 
 
+def test_the_channel_options_give_a_connection_seconds_to_finish_its_handshake():
+    """gRPC reads ``grpc.min_reconnect_backoff_ms`` as its connect timeout: at 100 ms a player slow to answer
+    on a loaded machine failed the driver's connect. With the driver's options (gRPC's Python channel: the
+    same core), an attempt to a port that never answers fails only after the 5 s they give it."""
+    import grpc
+
+    from tfe_lite.runtime.config import GRPC_OPTIONS
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts at the kernel, never answers
+    options = [(name, int(value)) for name, value in GRPC_OPTIONS.items()]
+    channel = grpc.insecure_channel(f"127.0.0.1:{silent.getsockname()[1]}", options=options)
+    try:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as failed:
+            channel.unary_unary("/tensorflow.WorkerService/GetStatus")(b"", timeout=30)
+        assert time.monotonic() - started >= 4.5
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "timed out before receiving SETTINGS frame" in failed.value.details()
+    finally:
+        channel.close()
+        silent.close()
+
+
 def test_the_watchdog_ends_quietly_when_the_interpreter_exits():
     """A driver's script that ends while connected: the watchdog's thread may wake during the interpreter's
     exit (TensorFlow's own exit handlers take seconds), when no new probe can be scheduled; it stops without

@@ -53,8 +53,13 @@ _connect_lock = threading.Lock()
 #: (``TF_GRPC_DEFAULT_OPTIONS``; a value the user set wins). Each channel gets its own subchannels, and reconnecting backs off at most 1 s: otherwise a
 #: channel that met a dead player keeps failing fast (``GRPC_FAIL_FAST``) for up to 2 minutes after the
 #: player is back, even through the new channels of a reconnect, which share gRPC's global subchannels.
+#: ``grpc.min_reconnect_backoff_ms`` is, despite its name, gRPC's *connect timeout* (its default 20 s): the
+#: time a connection attempt gets to finish its HTTP/2 handshake. At 100 ms, as this was, a player slow to
+#: answer on a loaded machine failed the driver's connect ("connection attempt timed out before receiving
+#: SETTINGS frame", in a CI run of the suite with two workers); 5 s leaves room for a busy player, and a
+#: hung one is cut loose by the watchdog meanwhile.
 GRPC_OPTIONS = {"grpc.use_local_subchannel_pool": "1", "grpc.initial_reconnect_backoff_ms": "100",
-                "grpc.min_reconnect_backoff_ms": "100", "grpc.max_reconnect_backoff_ms": "1000"}
+                "grpc.min_reconnect_backoff_ms": "5000", "grpc.max_reconnect_backoff_ms": "1000"}
 
 
 def set_grpc_options() -> None:
