@@ -157,20 +157,16 @@ class Watchdog:
             time.sleep(max(0.0, INTERVAL - (time.monotonic() - started)))
 
     def _round(self, silent: Mapping[str, str], silent_since: dict[str, float], started: float, now: float) -> None:
-        lost_now = []  # unreachable for hang_timeout at this round, while a computation may still wait on it
+        hung_now = []  # silent for hang_timeout at this round
         for name in self.addresses:
-            reason = silent.get(name)
-            if reason is None:
+            # A refused connection (a dead player) already fails TensorFlow's calls fast: only silence counts.
+            if not silent.get(name, "").startswith(NO_ANSWER):
                 silent_since.pop(name, None)
                 continue
             since = silent_since.setdefault(name, started)
             if now - since >= self.hang_timeout:
-                lost_now.append(name)
-                if reason.startswith(NO_ANSWER):  # silent: hung (a refused connection is a dead player)
-                    self.hung[name] = now - since
-        # A dead player usually fails TensorFlow's calls at once, and the computation's failure disarms the
-        # watchdog; if the driver is still armed after hang_timeout, a call may wait on it anyway (TensorFlow
-        # sometimes leaves a remote tensor of the dead player pending): cut the calls loose as for a hung one.
-        if lost_now:  # the computation cannot go on: cut it loose from every player, not only this one
+                self.hung[name] = now - since
+                hung_now.append(name)
+        if hung_now:  # the computation cannot go on: cut it loose from every player, not only this one
             for address in self.addresses.values():
                 sever(address)
