@@ -54,3 +54,22 @@ def test_truncation_failure_probability_formula():
     config = FixedPointConfig()
     assert config.truncation_failure_probability(1.0) == 2.0**-32
     assert config.truncation_failure_probability(2.0**10) == 2.0**-22
+
+
+def test_host_data_are_checked_and_encoded_while_tracing_into_one_constant():
+    config = FixedPointConfig()
+
+    @tf.function
+    def public_values():
+        return encode(np.array([0.5, -2.25]), config), encode(3, config)
+
+    graph = public_values.get_concrete_function().graph
+    assert sorted(op.type for op in graph.get_operations()) == ["Const", "Const", "Identity", "Identity"]
+    values, number = public_values()
+    np.testing.assert_array_equal(values.numpy(), [config.scale // 2, -9 * config.scale // 4])
+    assert number.numpy() == 3 * config.scale
+    # a bad host value fails while tracing, before anything runs, with the eager message
+    with pytest.raises(EncodingError, match=r"`values`: it holds a non-finite value nan at index \(1,\)"):
+        tf.function(lambda: encode(np.array([1.0, np.nan]), config), autograph=False).get_concrete_function()
+    with pytest.raises(EncodingError, match="expected a real number type. Received: bool"):
+        tf.function(lambda: encode(np.array([True]), config), autograph=False).get_concrete_function()

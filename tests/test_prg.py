@@ -126,6 +126,21 @@ def test_derive_seed_is_block_2_63_and_separated_from_expansion(backend):
     assert not np.array_equal(derived, prg.expand_seed(RFC_KEY, (4,), stream=12345))
 
 
+def test_derive_seeds_are_the_keystream_from_block_2_63_in_seed_sized_words(backend):
+    counter = tf.constant(-7, tf.int64)
+    seeds = prg.derive_seeds(RFC_KEY, counter, 5).numpy()
+    assert seeds.shape == (5, 4) and seeds.dtype == np.int64
+    np.testing.assert_array_equal(seeds[0], prg.derive_seed(RFC_KEY, counter))  # the first is derive_seed's
+    words = prg._keystream(RFC_KEY, tf.constant([20], tf.int64), counter, prg.DERIVE_BLOCK).numpy()
+    np.testing.assert_array_equal(seeds.reshape(-1), words)  # blocks 2^63, 2^63 + 1, 2^63 + 2 (half of it)
+    assert len({row.tobytes() for row in seeds}) == 5
+    following = prg.derive_seeds(RFC_KEY, counter + 1, 5).numpy()  # the next counter value: new seeds
+    assert not {row.tobytes() for row in seeds} & {row.tobytes() for row in following}
+    for count in (0, -1, 2.0, True, 2**20 + 1):
+        with pytest.raises(ConfigError, match=rf"`count`.*Received: count={count!r}"):
+            prg.derive_seeds(RFC_KEY, counter, count)
+
+
 def test_different_inputs_give_different_outputs(backend):
     seed = np.array([11, 22, 33, 44], np.int64)
     outputs = [

@@ -22,6 +22,22 @@ def test_seeds_are_fresh_on_every_call_and_every_graph_run():
     assert runs[0][0].dtype == tf.int64 and runs[0][0].shape == (4,)
 
 
+def test_next_seeds_draws_several_fresh_seeds_at_once_on_every_call_and_graph_run():
+    stream = SeedStream("/device:CPU:1", seed=5)
+    single = stream.next_seed().numpy()
+    several = stream.next_seeds(3).numpy()
+    assert several.shape == (3, 4) and several.dtype == np.int64
+
+    @tf.function
+    def draw():
+        return stream.next_seeds(3)
+
+    runs = [draw().numpy() for _ in range(2)]
+    seeds = [single, *several, *runs[0], *runs[1]]
+    assert len({tuple(s) for s in seeds}) == 10  # one counter draw per call, disjoint from every other one
+    assert stream._counter.read_value().numpy() == 4  # four draws: one seed, then three batches
+
+
 def test_streams_by_player_and_purpose_are_independent():
     config = LocalConfig(["alice"])
     streams = RandomStreams(seed=3)

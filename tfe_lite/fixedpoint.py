@@ -170,27 +170,37 @@ def _device_checks(x: tf.Tensor, bound: float, argument: str):
 def encode(values, config: FixedPointConfig, *, argument: str = "values") -> tf.Tensor:
     """Encode real ``values`` (array-like or float tensor) as an int64 ring tensor on the current device.
 
-    NaN, Inf and ``|x| >= 2**int_bits`` raise :class:`EncodingError`. For host data (Python numbers, numpy
-    arrays) the message names the first bad value and its index. For a ``tf.Tensor`` (which may live on a
+    NaN, Inf and ``|x| >= 2**int_bits`` raise :class:`EncodingError`. Host data (Python numbers, numpy
+    arrays) are checked and encoded at once, also while a function is traced (one constant in its graph); the
+    message names the first bad value and its index. For a ``tf.Tensor`` (which may live on a
     data owner's device) the check runs where the tensor is and only the count and first index of the bad
     values leave it, never a value: eagerly an :class:`EncodingError`, inside ``tf.function`` a graph
     assertion (``tf.errors.InvalidArgumentError``) with the same words.
     """
-    host = not isinstance(values, (tf.Tensor, tf.Variable))
-    if not host and values.dtype.is_integer and values.dtype != tf.int64:
+    bound = config.bound
+    if not isinstance(values, (tf.Tensor, tf.Variable)):
+        # Host data (numbers, numpy arrays) are known now, in eager code and while tracing alike: checked and
+        # encoded here, one constant (a traced graph holds no check ops for them).
+        array = np.asarray(values)
+        if array.dtype.kind not in "iuf":
+            raise EncodingError(
+                f"Received an invalid dtype for `{argument}`, expected a real number type. Received: {array.dtype.name}"
+            )
+        array = array.astype(np.float64)
+        problem = _describe_bad_values(array, bound, argument)
+        if problem:
+            raise EncodingError(problem)
+        encoded = tf.constant(np.round(array * float(config.scale)).astype(np.int64))
+        return tf.identity(encoded) if tf.executing_eagerly() else encoded  # eagerly: onto the current device
+    if values.dtype.is_integer and values.dtype != tf.int64:
         values = tf.cast(values, tf.float64)
-    x = tf.convert_to_tensor(values)
+    x = values
     if not (x.dtype.is_floating or x.dtype.is_integer):
         raise EncodingError(
             f"Received an invalid dtype for `{argument}`, expected a real number type. Received: {x.dtype.name}"
         )
     x = tf.cast(x, tf.float64)
-    bound = config.bound
-    if tf.executing_eagerly() and host:
-        problem = _describe_bad_values(np.asarray(values, np.float64), bound, argument)
-        if problem:
-            raise EncodingError(problem)
-    elif tf.executing_eagerly():
+    if tf.executing_eagerly():
         for count, text, flags in _device_checks(x, bound, argument):
             if int(count) > 0:
                 index = tuple(int(i) for i in _first_index(flags).numpy())

@@ -25,7 +25,8 @@ What it guarantees, per 256-bit key (under ChaCha20's standard security assumpti
 - :func:`derive_seed`: 2^64 fresh 256-bit seeds, ``derive_seed(key, c)`` = the first 32 bytes of block
   2^63 of stream ``c``. Blocks >= 2^63 are reserved for derivation, so a derived seed never equals
   keystream that :func:`expand_seed` hands out under the same key (domain separation), and one key may
-  serve both.
+  serve both. :func:`derive_seeds` derives several from one counter value: seed ``j`` is bytes
+  ``32j .. 32j+31`` of the keystream of stream ``c`` from block 2^63 on (seed 0 is ``derive_seed(key, c)``).
 
 Both functions are pure functions of their inputs (deterministic, stateless ops): fresh randomness comes
 from fresh inputs, e.g. a counter ``tf.Variable`` incremented by the graph (:mod:`tfe_lite.random`).
@@ -147,6 +148,18 @@ def derive_seed(key: tf.Tensor, counter: tf.Tensor) -> tf.Tensor:
     key = _key_tensor(key, "key")
     counter = _uint64_scalar(counter, "counter")
     return _keystream(key, tf.constant([SEED_WORDS], tf.int64), counter, DERIVE_BLOCK)
+
+
+def derive_seeds(key: tf.Tensor, counter: tf.Tensor, count: int) -> tf.Tensor:
+    """``count`` fresh 256-bit seeds (int64[count, 4]) from one counter value, in one keystream op: seed
+    ``j`` is words ``4j .. 4j+3`` of stream ``counter`` from block 2^63 on (two seeds per block), so seed 0
+    is :func:`derive_seed`'s. Distinct counter values give disjoint blocks, hence independent seeds."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= 2**20:
+        raise ConfigError(f"Received an invalid value for `count`, expected an integer in [1, 2**20]. Received: count={count!r}")
+    key = _key_tensor(key, "key")
+    counter = _uint64_scalar(counter, "counter")
+    words = _keystream(key, tf.constant([SEED_WORDS * int(count)], tf.int64), counter, DERIVE_BLOCK)
+    return tf.reshape(words, [int(count), SEED_WORDS])
 
 
 def _keystream(key: tf.Tensor, shape: tf.Tensor, stream: tf.Tensor, first_block: int) -> tf.Tensor:

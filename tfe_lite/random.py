@@ -119,6 +119,13 @@ class SeedStream:
             return prg.derive_seed(self._key.read_value(), self._counter.next())
 
     @eager_serialized
+    def next_seeds(self, count: int) -> tf.Tensor:
+        """``count`` new seeds (int64[count, 4]) from one draw of the counter (:func:`tfe_lite.prg.derive_seeds`):
+        one read-and-advance and one keystream op for all of them."""
+        with tf.device(self.device):
+            return prg.derive_seeds(self._key.read_value(), self._counter.next(), count)
+
+    @eager_serialized
     def uniform(self, shape, *, stream: int = 0) -> tf.Tensor:
         """A uniform ring tensor of ``shape`` from a fresh seed."""
         with tf.device(self.device):

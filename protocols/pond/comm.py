@@ -124,10 +124,10 @@ class Channel:
         counter = self._counter((src.name, dst.name, what, self._phase), dst.device)
         with tf.device(dst.device):
             if elements is None:
-                nbytes = tf.size(tensor, out_type=tf.int64) * tensor.dtype.size
-            else:
-                nbytes = tf.constant(elements * tensor.dtype.size, tf.int64)
-            counter.assign_add(tf.stack([nbytes, tf.constant(1, tf.int64)]), name=f"count_{what}")
+                counted = tf.stack([tf.size(tensor, out_type=tf.int64) * tensor.dtype.size, tf.constant(1, tf.int64)])
+            else:  # one constant: [bytes, 1 message]
+                counted = tf.constant([elements * tensor.dtype.size, 1], tf.int64)
+            counter.assign_add(counted, name=f"count_{what}")
         return received
 
     def send_many(self, tensors, src, dst, what: str, *, like=None) -> list[tf.Tensor]:
@@ -150,15 +150,15 @@ class Channel:
         if not static and like is None:
             return [self.send(t, src, dst, what) for t in tensors]
         with tf.device(src.device):
-            packed = tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0, name=f"pack_{what}")
+            packed = tf.concat([t if t.shape.rank == 1 else tf.reshape(t, [-1]) for t in tensors], axis=0,
+                               name=f"pack_{what}")
         received = self.send(packed, src, dst, what)
         with tf.device(dst.device):
-            if static:
-                sizes = [t.shape.num_elements() for t in tensors]
-                shapes = [t.shape for t in tensors]
-            else:
-                shapes = [tf.shape(t) for t in like]
-                sizes = [tf.size(t) for t in like]
+            if static:  # flat parts come out of the split as they went in
+                parts = tf.split(received, [t.shape.num_elements() for t in tensors])
+                return [part if t.shape.rank == 1 else tf.reshape(part, t.shape) for part, t in zip(parts, tensors)]
+            shapes = [tf.shape(t) for t in like]
+            sizes = [tf.size(t) for t in like]
             return [tf.reshape(part, shape) for part, shape in zip(tf.split(received, sizes), shapes)]
 
     def _counter(self, key: tuple[str, str, str, str], device: str) -> tf.Variable:

@@ -44,7 +44,7 @@ product by another factor), ``2 + ceil(log2 K)``
 rounds of one message each way (what a round opens is packed: :meth:`~.comm.Channel.send_many`); the
 dealer's part is dealt at once, one message to each server. Per element (``n`` a multiple of 64): ``16 + 16 * 84 / 64 = 37`` bytes in 7 rounds for
 ``K = 29``; ``16 + 16 * 186 / 64 = 62.5`` bytes in 8 rounds for the full ring (checked mode). The producer
-sends each server a 32-byte seed per dealt tensor, and the parts the seeds cannot give (half of each
+sends each server one 32-byte seed for all of it, and the parts the seeds cannot give (half of each
 tensor's elements to each server, see :mod:`.dealer`): ``8 (K + 1) W`` bytes (edaBit planes), ``8 W`` per AND
 output row (``2h`` rows at a level of ``h > 1`` pairs, 1 at the last) and ``8 n`` (the daBit's additive
 bits; ``16 n`` with a product): 18.6 bytes per element for ``K = 29`` (26.6 with a product, by ``x`` itself

@@ -38,13 +38,6 @@ from tfe_lite.state import lifted_variable
 
 from .triples import KINDS, Triple, TripleSpec  # noqa: F401  (re-exported: dealers deal them)
 
-_A, _B, _C = 0, 1, 2  # expansion streams of a seed
-
-
-def _expand(seed, shape, stream: int) -> tf.Tensor:
-    return prg.expand_seed(seed, shape, stream=stream)
-
-
 def _join(sharing: str, x0, x1) -> tf.Tensor:
     return x0 + x1 if sharing == "add" else tf.bitwise.bitwise_xor(x0, x1)
 
@@ -72,18 +65,21 @@ class TripleSource(abc.ABC):
 class OnlineDealer(TripleSource):
     """The crypto producer makes each triple on demand, from fresh seeds.
 
-    Steps for ``spec`` with ``f``:
-      1. producer: seeds ``s0, s1`` from its stream; ``a_i, b_i, g_i`` = expand(``s_i``); ``c = f(a, b)``
-         with ``a = a0 + a1`` (or ``a0 ^ a1`` for XOR-shared kinds); flattened, ``k0 = c - g1`` on the first
-         ``floor(size / 2)`` elements and ``k1 = c - g0`` on the rest (or ``^``).
-      2. producer -> server0: ``s0`` and ``k0``, in one message; server0 expands ``a0, b0`` and has
-         ``c0 = [k0, second half of g0]``.
-      3. producer -> server1: ``s1`` and ``k1``, in one message; server1 expands ``a1, b1`` and has
-         ``c1 = [first half of g1, k1]``.
+    Steps for the specs of one :meth:`triples` call, each with its ``f``:
+      1. producer: seeds ``s0, s1`` from one draw of its stream; ``s_i`` expands into one keystream that
+         holds, spec after spec, ``a_i``, ``b_i`` and the half of ``g_i`` that server ``i`` keeps (server0
+         the elements after the first ``floor(size / 2)`` of the flattened ``c``, server1 those first
+         elements); ``c = f(a, b)`` with ``a = a0 + a1`` (or ``a0 ^ a1`` for XOR-shared kinds); the
+         correction ``k0 = c - g1`` on the first ``floor(size / 2)`` elements and ``k1 = c - g0`` on the
+         rest (or ``^``).
+      2. producer -> server0: ``s0`` and every ``k0``, in one message; server0 expands ``s0`` and has
+         ``c0 = [k0, its half of g0]``.
+      3. producer -> server1: ``s1`` and every ``k1``, in one message; server1 expands ``s1`` and has
+         ``c1 = [its half of g1, k1]``.
 
-    :meth:`triples` deals several at once in one message to each server (its seeds and correction halves):
-    a comparison's whole correlated randomness (an edaBit, a daBit and an AND triple per level) costs two
-    producer messages.
+    So a comparison's whole correlated randomness (an edaBit, a daBit and an AND triple per level) costs
+    two producer messages, one 32-byte seed each, and one keystream op per party and server. Each
+    correction half is uniform to its receiver: masked by the other server's keystream.
     """
 
     def triple(self, spec: TripleSpec) -> Triple:
@@ -94,49 +90,72 @@ class OnlineDealer(TripleSource):
         specs = list(specs)
         prot = self.protocol
         producer, s0, s1 = prot.producer, prot.server0, prot.server1
-        seeds0, seeds1, lows, highs = [], [], [], []
+        lows, highs = [], []
         with tf.device(producer.device):
-            stream = prot.streams.stream(producer)
-            for spec in specs:
+            seeds = prot.streams.stream(producer).next_seeds(2)
+            seed0, seed1 = seeds[0], seeds[1]
+            for spec, (a0, b0, g0), (a1, b1, g1) in zip(specs, _expansion(seed0, specs, 0), _expansion(seed1, specs, 1)):
                 kind = spec.kind
-                seed0, seed1 = stream.next_seed(), stream.next_seed()
-                a = _join(kind.ab_a, _expand(seed0, spec.part_shape_a, _A), _expand(seed1, spec.part_shape_a, _A))
-                b = None
-                if kind.has_b:
-                    b = _join(kind.ab_b, _expand(seed0, spec.shape_b, _B), _expand(seed1, spec.shape_b, _B))
-                # server0 takes the first half of c's elements from the correction and the rest from its
-                # expansion; server1 the other way round: the correction is c less the other server's part
-                other = _join_halves(_split(_expand(seed1, spec.shape_c, _C))[0],
-                                     _split(_expand(seed0, spec.shape_c, _C))[1], spec.shape_c)
-                low, high = _split(spec.split_off_c(spec.apply(a, b), other))
-                seeds0.append(seed0)
-                seeds1.append(seed1)
+                a = _join(kind.ab_a, a0, a1)
+                b = _join(kind.ab_b, b0, b1) if kind.has_b else None
+                # the correction is c less the other server's part: server1's g1 on the first half, g0 after
+                low, high = _split(spec.split_off_c(spec.apply(a, b), _join_halves(g1, g0, spec.shape_c)))
                 lows.append(low)
                 highs.append(high)
         send = prot.channel.send_many
-        received0 = send(seeds0 + lows, producer, s0, "triple_c0")
-        received1 = send(seeds1 + highs, producer, s1, "triple_c1")
-        k = len(specs)
+        received0 = send([seed0] + lows, producer, s0, "triple_c0")
+        received1 = send([seed1] + highs, producer, s1, "triple_c1")
+        with tf.device(s0.device):
+            parts0 = _expansion(received0[0], specs, 0)
+        with tf.device(s1.device):
+            parts1 = _expansion(received1[0], specs, 1)
         triples = []
-        for spec, seed0, seed1, low, high in zip(specs, received0[:k], received1[:k], received0[k:], received1[k:]):
-            kind = spec.kind
+        for spec, (a0, b0, g0), (a1, b1, g1), low, high in zip(specs, parts0, parts1, received0[1:], received1[1:]):
             with tf.device(s0.device):
-                a0 = _expand(seed0, spec.part_shape_a, _A)
-                b0 = _expand(seed0, spec.shape_b, _B) if kind.has_b else None
-                c0 = _join_halves(low, _split(_expand(seed0, spec.shape_c, _C))[1], spec.shape_c)
+                c0 = _join_halves(low, g0, spec.shape_c)
             with tf.device(s1.device):
-                a1 = _expand(seed1, spec.part_shape_a, _A)
-                b1 = _expand(seed1, spec.shape_b, _B) if kind.has_b else None
-                c1 = _join_halves(_split(_expand(seed1, spec.shape_c, _C))[0], high, spec.shape_c)
+                c1 = _join_halves(g1, high, spec.shape_c)
             triples.append(Triple(a0, b0, c0, a1, b1, c1))
         return triples
+
+
+def _half(size: int, server: int) -> int:
+    """How many of a flattened ``c``'s ``size`` elements server ``server`` takes from its own keystream:
+    server0 all but the first ``floor(size / 2)`` (which it receives), server1 those first ones."""
+    k = size // 2
+    return size - k if server == 0 else k
+
+
+def _expansion(seed: tf.Tensor, specs, server: int) -> list[tuple]:
+    """Server ``server``'s ``(a_i, b_i or None, its half of g_i flattened)`` for each spec, from the one
+    keystream of ``seed`` (on the current device): the same layout for the producer and the server."""
+    sizes, shapes = [], []
+    for spec in specs:
+        parts = [spec.part_shape_a] + ([spec.shape_b] if spec.kind.has_b else [])
+        shapes.append(parts)
+        sizes += [int(np.prod(shape, dtype=np.int64)) for shape in parts]
+        sizes.append(_half(int(np.prod(spec.shape_c, dtype=np.int64)), server))
+    flat = tf.split(prg.expand_seed(seed, [sum(sizes)]), sizes)  # every spec has an ``a`` and a half of ``g``
+    out, i = [], 0
+    for spec, parts in zip(specs, shapes):
+        a = _shaped(flat[i], parts[0])
+        b = _shaped(flat[i + 1], parts[1]) if spec.kind.has_b else None
+        i += len(parts)
+        out.append((a, b, flat[i]))
+        i += 1
+    return out
+
+
+def _shaped(flat: tf.Tensor, shape) -> tf.Tensor:
+    return flat if len(shape) == 1 else tf.reshape(flat, shape)
 
 
 def _split(c: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """The first ``floor(size / 2)`` elements of ``c`` flattened (the half server0 receives) and the rest."""
     flat = tf.reshape(c, [-1])
-    k = int(flat.shape[0]) // 2
-    return flat[:k], flat[k:]
+    size = int(flat.shape[0])
+    low, high = tf.split(flat, [size // 2, size - size // 2])
+    return low, high
 
 
 def _join_halves(low: tf.Tensor, high: tf.Tensor, shape) -> tf.Tensor:

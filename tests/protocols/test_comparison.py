@@ -64,9 +64,9 @@ def test_traffic_matches_the_stated_cost(config):
     assert links[("server0", "server1")] == links[("server1", "server0")] == 8 * n + 8 * 8 * (185 + 1)
     # the producer's corrections: edaBit planes (64 rows), AND outputs (62 + 32 + 16 + 8 + 4 + 1 rows), the
     # daBit's additive bits (8 n), each tensor's first half to server0 and the rest to server1 (all of even
-    # size here); a 32-byte seed per dealt tensor (1 edaBit, 6 ANDs, 1 daBit) to each server
+    # size here); one 32-byte seed to each server for all of them (1 edaBit, 6 ANDs, 1 daBit, dealt together)
     corrections = 8 * 8 * (64 + 123) + 8 * n
-    assert links[("crypto-producer", "server1")] == links[("crypto-producer", "server0")] == corrections // 2 + 8 * 32
+    assert links[("crypto-producer", "server1")] == links[("crypto-producer", "server0")] == corrections // 2 + 32
     assert comparison.server_bytes(n) == links[("server0", "server1")]
 
 

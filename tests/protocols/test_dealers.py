@@ -117,7 +117,8 @@ def test_offline_traffic_is_logged_as_offline(config):
     prot = Pond(config, dealer=dealer)
     with prot.count_communication() as log:
         dealer.precompute(TripleSpec("matmul", (4, 5), (5, 6)), 3)
-    assert log.total_bytes("offline") == 3 * (64 + 8 * 4 * 6)
+    # the three in one deal: one seed to each server (2 x 32 bytes) and each triple's c correction
+    assert log.total_bytes("offline") == 64 + 3 * 8 * 4 * 6
     assert log.total_bytes("online") == 0
 
 
@@ -307,3 +308,39 @@ def test_the_producer_splits_its_corrections_between_the_servers(config, monkeyp
     b = join[spec.kind.ab_b](t.b0.numpy(), t.b1.numpy())
     expected = spec.apply(tf.constant(a), tf.constant(b)).numpy()
     np.testing.assert_array_equal(spec.join_c(t.c0, t.c1).numpy(), expected)
+
+
+def test_one_deal_draws_one_seed_pair_and_one_keystream_per_party(config, monkeypatch):
+    # Several triples dealt together: one counter draw on the producer (both seeds from one keystream op),
+    # one expansion of each seed on the producer and one on its server, however many specs.
+    from tfe_lite import prg
+
+    prot = Pond(config, seed=3)
+    made = []
+    real = prg._keystream
+
+    def keystream(*args):
+        out = real(*args)
+        made.append(out.device)
+        return out
+
+    monkeypatch.setattr(prg, "_keystream", keystream)
+    specs = [SPECS[0], SPECS[3], SPECS[4], TripleSpec("edabit", (70,), bits=5), TripleSpec("and", (2, 3), (2, 3))]
+
+    def parts(triple):
+        return [p for p in (triple.a0, triple.b0, triple.c0, triple.a1, triple.b1, triple.c1) if p is not None]
+
+    tf.function(lambda: [p for t in prot.dealer.triples(specs) for p in parts(t)]).get_concrete_function()
+    names = {prot.producer.device: "crypto-producer", prot.server0.device: "server0", prot.server1.device: "server1"}
+    assert collections.Counter(names[tf.DeviceSpec.from_string(d).to_string()] for d in made) == \
+        {"crypto-producer": 3, "server0": 1, "server1": 1}
+    # and the triples are right (eagerly): c = f(a, b) from the joined parts, as every dealer's
+    for spec, triple in zip(specs, prot.dealer.triples(specs)):
+        kind = spec.kind
+        a = _joined(kind.ab_a, triple.a0, triple.a1)
+        b = _joined(kind.ab_b, triple.b0, triple.b1) if kind.has_b else None
+        np.testing.assert_array_equal(spec.join_c(triple.c0, triple.c1).numpy(), spec.apply(a, b).numpy())
+
+
+def _joined(sharing, x0, x1):
+    return x0 + x1 if sharing == "add" else tf.bitwise.bitwise_xor(x0, x1)
