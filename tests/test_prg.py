@@ -126,6 +126,15 @@ def test_derive_seed_is_block_2_63_and_separated_from_expansion(backend):
     assert not np.array_equal(derived, prg.expand_seed(RFC_KEY, (4,), stream=12345))
 
 
+def test_expand_seed_from_a_later_block_is_that_part_of_the_stream(backend):
+    whole = prg.expand_seed(RFC_KEY, [40], stream=5).numpy()
+    np.testing.assert_array_equal(prg.expand_seed(RFC_KEY, [19], stream=5, first_block=2), whole[16:35])
+    np.testing.assert_array_equal(prg.expand_seed(RFC_KEY, [2, 4], stream=5, first_block=4), whole[32:].reshape(2, 4))
+    for first_block in (-1, 2**62, 1.0, True):
+        with pytest.raises(ConfigError, match=rf"`first_block`.*Received: first_block={first_block!r}"):
+            prg.expand_seed(RFC_KEY, [4], first_block=first_block)
+
+
 def test_derive_seeds_are_the_keystream_from_block_2_63_in_seed_sized_words(backend):
     counter = tf.constant(-7, tf.int64)
     seeds = prg.derive_seeds(RFC_KEY, counter, 5).numpy()

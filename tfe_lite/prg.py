@@ -79,7 +79,7 @@ def backend() -> str:
     return ops.backend()
 
 
-def expand_seed(seed: tf.Tensor, shape, *, stream: int | tf.Tensor = 0) -> tf.Tensor:
+def expand_seed(seed: tf.Tensor, shape, *, stream: int | tf.Tensor = 0, first_block: int = 0) -> tf.Tensor:
     """A uniform int64 tensor of ``shape``: the ChaCha20 keystream of ``seed`` on stream ``stream``.
 
     Args:
@@ -88,13 +88,19 @@ def expand_seed(seed: tf.Tensor, shape, *, stream: int | tf.Tensor = 0) -> tf.Te
         tensor for a shape known only at run time.
       stream: the 64-bit stream id, a python int in [0, 2^64) or an int64 scalar tensor (its bits read as
         unsigned). Different streams of one seed are independent.
+      first_block: the keystream starts at this block (a python int in [0, 2^62)): several disjoint parts
+        of one stream, each an op of its own (no copy out of a split).
 
     Returns:
-      int64 tensor of ``shape``, uniform over Z/2^64: outputs ``8b .. 8b+7`` come from block ``b``.
+      int64 tensor of ``shape``, uniform over Z/2^64: outputs ``8b .. 8b+7`` come from block
+      ``first_block + b``.
     """
     seed = _key_tensor(seed, "seed")
     stream = _uint64_scalar(stream, "stream")
-    return _keystream(seed, _shape_tensor(shape), stream, 0)
+    if isinstance(first_block, bool) or not isinstance(first_block, (int, np.integer)) or not 0 <= first_block < 2**62:
+        raise ConfigError(f"Received an invalid value for `first_block`, expected an integer in [0, 2^62). "
+                          f"Received: first_block={first_block!r}")
+    return _keystream(seed, _shape_tensor(shape), stream, int(first_block))
 
 
 def expand_normal(

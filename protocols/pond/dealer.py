@@ -66,7 +66,7 @@ class OnlineDealer(TripleSource):
     """The crypto producer makes each triple on demand, from fresh seeds.
 
     Steps for the specs of one :meth:`triples` call, each with its ``f``:
-      1. producer: seeds ``s0, s1`` from one draw of its stream; ``s_i`` expands into one keystream that
+      1. producer: seeds ``s0, s1`` from one draw of its stream; ``s_i`` expands into a keystream that
          holds, spec after spec, ``a_i``, ``b_i`` and the half of ``g_i`` that server ``i`` keeps (server0
          the elements after the first ``floor(size / 2)`` of the flattened ``c``, server1 those first
          elements); ``c = f(a, b)`` with ``a = a0 + a1`` (or ``a0 ^ a1`` for XOR-shared kinds); the
@@ -78,7 +78,8 @@ class OnlineDealer(TripleSource):
          ``c1 = [its half of g1, k1]``.
 
     So a comparison's whole correlated randomness (an edaBit, a daBit and an AND triple per level) costs
-    two producer messages, one 32-byte seed each, and one keystream op per party and server. Each
+    two producer messages, one 32-byte seed each, and few keystream ops (one for the small parts that follow
+    one another, one for each large part: :data:`OWN_KEYSTREAM`). Each
     correction half is uniform to its receiver: masked by the other server's keystream.
     """
 
@@ -126,24 +127,43 @@ def _half(size: int, server: int) -> int:
     return size - k if server == 0 else k
 
 
+#: Elements from which a part of a deal gets a keystream op of its own; smaller parts that follow one
+#: another share one op and a split (whose copy is cheap for them).
+OWN_KEYSTREAM = 1 << 14
+
+
 def _expansion(seed: tf.Tensor, specs, server: int) -> list[tuple]:
-    """Server ``server``'s ``(a_i, b_i or None, its half of g_i flattened)`` for each spec, from the one
-    keystream of ``seed`` (on the current device): the same layout for the producer and the server."""
-    sizes, shapes = [], []
+    """Server ``server``'s ``(a_i, b_i or None, its half of g_i flattened)`` for each spec, from the keystream
+    of ``seed`` (on the current device), the same layout for the producer and the server: the parts one
+    after another, each from a block boundary of stream 0."""
+    shapes = []
     for spec in specs:
-        parts = [spec.part_shape_a] + ([spec.shape_b] if spec.kind.has_b else [])
-        shapes.append(parts)
-        sizes += [int(np.prod(shape, dtype=np.int64)) for shape in parts]
-        sizes.append(_half(int(np.prod(spec.shape_c, dtype=np.int64)), server))
-    flat = tf.split(prg.expand_seed(seed, [sum(sizes)]), sizes)  # every spec has an ``a`` and a half of ``g``
-    out, i = [], 0
-    for spec, parts in zip(specs, shapes):
-        a = _shaped(flat[i], parts[0])
-        b = _shaped(flat[i + 1], parts[1]) if spec.kind.has_b else None
-        i += len(parts)
-        out.append((a, b, flat[i]))
-        i += 1
-    return out
+        shapes += [spec.part_shape_a] + ([spec.shape_b] if spec.kind.has_b else [])
+        shapes.append((_half(int(np.prod(spec.shape_c, dtype=np.int64)), server),))
+    sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+    blocks = [-(-size // prg.BLOCK_INT64S) for size in sizes]
+    starts = np.concatenate([[0], np.cumsum(blocks)[:-1]]).astype(int).tolist()
+    flat, run = [None] * len(sizes), []
+
+    def expand_run():  # consecutive small parts: one keystream over their blocks, split (padding dropped)
+        if len(run) == 1:
+            flat[run[0]] = prg.expand_seed(seed, [sizes[run[0]]], first_block=starts[run[0]])
+        elif run:
+            pieces = [n for j in run for n in (sizes[j], blocks[j] * prg.BLOCK_INT64S - sizes[j])]
+            words = prg.expand_seed(seed, [sum(pieces)], first_block=starts[run[0]])
+            for j, part in zip(run, tf.split(words, pieces)[::2]):
+                flat[j] = part
+        run.clear()
+
+    for j, size in enumerate(sizes):
+        if size >= OWN_KEYSTREAM:
+            expand_run()
+            flat[j] = prg.expand_seed(seed, [size], first_block=starts[j])
+        else:
+            run.append(j)
+    expand_run()
+    parts = iter(_shaped(part, shape) for part, shape in zip(flat, shapes))
+    return [(next(parts), next(parts) if spec.kind.has_b else None, next(parts)) for spec in specs]
 
 
 def _shaped(flat: tf.Tensor, shape) -> tf.Tensor:

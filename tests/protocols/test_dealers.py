@@ -334,6 +334,13 @@ def test_one_deal_draws_one_seed_pair_and_one_keystream_per_party(config, monkey
     names = {prot.producer.device: "crypto-producer", prot.server0.device: "server0", prot.server1.device: "server1"}
     assert collections.Counter(names[tf.DeviceSpec.from_string(d).to_string()] for d in made) == \
         {"crypto-producer": 3, "server0": 1, "server1": 1}
+    # a large part (here a and b of a 200 x 100 product) gets a keystream op of its own: no copy out of a split
+    made.clear()
+    big = TripleSpec("mul", (200, 100), (200, 100))
+    tf.function(lambda: [p for t in prot.dealer.triples(specs + [big]) for p in parts(t)]).get_concrete_function()
+    assert collections.Counter(names[tf.DeviceSpec.from_string(d).to_string()] for d in made) == \
+        {"crypto-producer": 9, "server0": 4, "server1": 4}  # small parts, a, b, then the half of c
+    specs = specs + [big]
     # and the triples are right (eagerly): c = f(a, b) from the joined parts, as every dealer's
     for spec, triple in zip(specs, prot.dealer.triples(specs)):
         kind = spec.kind
