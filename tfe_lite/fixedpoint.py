@@ -167,6 +167,10 @@ def _device_checks(x: tf.Tensor, bound: float, argument: str):
     return [(count, text, flags) for count, text, flags in zip(counts, texts, (nonfinite, outside))]
 
 
+def _dtype_error(argument: str, dtype: str) -> EncodingError:
+    return EncodingError(f"Received an invalid dtype for `{argument}`, expected a real number type. Received: {dtype}")
+
+
 def encode(values, config: FixedPointConfig, *, argument: str = "values") -> tf.Tensor:
     """Encode real ``values`` (array-like or float tensor) as an int64 ring tensor on the current device.
 
@@ -183,9 +187,7 @@ def encode(values, config: FixedPointConfig, *, argument: str = "values") -> tf.
         # encoded here, one constant (a traced graph holds no check ops for them).
         array = np.asarray(values)
         if array.dtype.kind not in "iuf":
-            raise EncodingError(
-                f"Received an invalid dtype for `{argument}`, expected a real number type. Received: {array.dtype.name}"
-            )
+            raise _dtype_error(argument, array.dtype.name)
         array = array.astype(np.float64)
         problem = _describe_bad_values(array, bound, argument)
         if problem:
@@ -194,12 +196,9 @@ def encode(values, config: FixedPointConfig, *, argument: str = "values") -> tf.
         return tf.identity(encoded) if tf.executing_eagerly() else encoded  # eagerly: onto the current device
     if values.dtype.is_integer and values.dtype != tf.int64:
         values = tf.cast(values, tf.float64)
-    x = values
-    if not (x.dtype.is_floating or x.dtype.is_integer):
-        raise EncodingError(
-            f"Received an invalid dtype for `{argument}`, expected a real number type. Received: {x.dtype.name}"
-        )
-    x = tf.cast(x, tf.float64)
+    if not (values.dtype.is_floating or values.dtype.is_integer):
+        raise _dtype_error(argument, values.dtype.name)
+    x = tf.cast(values, tf.float64)
     if tf.executing_eagerly():
         for count, text, flags in _device_checks(x, bound, argument):
             if int(count) > 0:

@@ -97,10 +97,8 @@ def expand_seed(seed: tf.Tensor, shape, *, stream: int | tf.Tensor = 0, first_bl
     """
     seed = _key_tensor(seed, "seed")
     stream = _uint64_scalar(stream, "stream")
-    if isinstance(first_block, bool) or not isinstance(first_block, (int, np.integer)) or not 0 <= first_block < 2**62:
-        raise ConfigError(f"Received an invalid value for `first_block`, expected an integer in [0, 2^62). "
-                          f"Received: first_block={first_block!r}")
-    return _keystream(seed, _shape_tensor(shape), stream, int(first_block))
+    first_block = _python_int(first_block, "first_block", 0, 2**62 - 1, "[0, 2^62)")
+    return _keystream(seed, _shape_tensor(shape), stream, first_block)
 
 
 def expand_normal(
@@ -160,12 +158,11 @@ def derive_seeds(key: tf.Tensor, counter: tf.Tensor, count: int) -> tf.Tensor:
     """``count`` fresh 256-bit seeds (int64[count, 4]) from one counter value, in one keystream op: seed
     ``j`` is words ``4j .. 4j+3`` of stream ``counter`` from block 2^63 on (two seeds per block), so seed 0
     is :func:`derive_seed`'s. Distinct counter values give disjoint blocks, hence independent seeds."""
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= 2**20:
-        raise ConfigError(f"Received an invalid value for `count`, expected an integer in [1, 2**20]. Received: count={count!r}")
+    count = _python_int(count, "count", 1, 2**20, "[1, 2**20]")
     key = _key_tensor(key, "key")
     counter = _uint64_scalar(counter, "counter")
-    words = _keystream(key, tf.constant([SEED_WORDS * int(count)], tf.int64), counter, DERIVE_BLOCK)
-    return tf.reshape(words, [int(count), SEED_WORDS])
+    words = _keystream(key, tf.constant([SEED_WORDS * count], tf.int64), counter, DERIVE_BLOCK)
+    return tf.reshape(words, [count, SEED_WORDS])
 
 
 def _keystream(key: tf.Tensor, shape: tf.Tensor, stream: tf.Tensor, first_block: int) -> tf.Tensor:
@@ -206,6 +203,14 @@ def _key_tensor(value, name: str) -> tf.Tensor:
             f"Received: {name} with shape {tensor.shape}"
         )
     return tensor
+
+
+def _python_int(value, name: str, low: int, high: int, shown: str) -> int:
+    """``value`` as an int, refused (naming ``name`` and the range ``shown``) unless a Python or numpy integer in
+    ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ConfigError(f"Received an invalid value for `{name}`, expected an integer in {shown}. Received: {name}={value!r}")
+    return int(value)
 
 
 def _uint64_scalar(value, name: str) -> tf.Tensor:

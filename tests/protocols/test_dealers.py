@@ -9,6 +9,7 @@ import tensorflow as tf
 import tfe_lite
 from tfe_lite.protocols import OnlineDealer, Pond, PrecomputedDealer
 from tfe_lite.protocols.pond import TripleSpec
+from tfe_lite.protocols.pond.dealer import _join  # how the dealer joins two parts (add or XOR)
 
 from oracle import assert_close, matmul_tol, mul_tol
 
@@ -344,10 +345,6 @@ def test_one_deal_draws_one_seed_pair_and_one_keystream_per_party(config, monkey
     # and the triples are right (eagerly): c = f(a, b) from the joined parts, as every dealer's
     for spec, triple in zip(specs, prot.dealer.triples(specs)):
         kind = spec.kind
-        a = _joined(kind.ab_a, triple.a0, triple.a1)
-        b = _joined(kind.ab_b, triple.b0, triple.b1) if kind.has_b else None
+        a = _join(kind.ab_a, triple.a0, triple.a1)
+        b = _join(kind.ab_b, triple.b0, triple.b1) if kind.has_b else None
         np.testing.assert_array_equal(spec.join_c(triple.c0, triple.c1).numpy(), spec.apply(a, b).numpy())
-
-
-def _joined(sharing, x0, x1):
-    return x0 + x1 if sharing == "add" else tf.bitwise.bitwise_xor(x0, x1)
