@@ -100,7 +100,7 @@ class OnlineDealer(TripleSource):
                 a = _join(kind.ab_a, a0, a1)
                 b = _join(kind.ab_b, b0, b1) if kind.has_b else None
                 # the correction is c less the other server's part: server1's g1 on the first half, g0 after
-                low, high = _split(spec.split_off_c(spec.apply(a, b), _join_halves(g1, g0, spec.shape_c)))
+                low, high = spec.split_off_c_halves(spec.apply(a, b), g1, g0)
                 lows.append(low)
                 highs.append(high)
         send = prot.channel.send_many
@@ -170,16 +170,9 @@ def _shaped(flat: tf.Tensor, shape) -> tf.Tensor:
     return flat if len(shape) == 1 else tf.reshape(flat, shape)
 
 
-def _split(c: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """The first ``floor(size / 2)`` elements of ``c`` flattened (the half server0 receives) and the rest."""
-    flat = tf.reshape(c, [-1])
-    size = int(flat.shape[0])
-    low, high = tf.split(flat, [size // 2, size - size // 2])
-    return low, high
-
-
 def _join_halves(low: tf.Tensor, high: tf.Tensor, shape) -> tf.Tensor:
-    """The tensor of ``shape`` whose halves (:func:`_split`) are ``low`` and ``high``."""
+    """The tensor of ``shape`` whose flattened halves (:meth:`TripleSpec.split_off_c_halves`) are ``low``
+    and ``high``."""
     return tf.reshape(tf.concat([low, high], axis=0), shape)
 
 

@@ -29,7 +29,7 @@ stack ``[s, s * b]`` (``[2, *shape_a]``) of the bits ``s`` and their products wi
 spec (``shape_b == shape_a``, ``bits = B``) is an edaBit and a ``dabit_mul`` in one, whose ``b`` is the
 edaBit's mask: ``c`` is flat, the ``B`` low bit planes of ``b`` (``B * ceil(n / 64)`` words, XOR shares)
 followed by the ``2 n`` values of ``[s, s * b]`` (additive shares); :meth:`TripleSpec.join_c` and
-:meth:`TripleSpec.split_off_c` share it, :meth:`TripleSpec.c_parts` takes it apart.
+:meth:`TripleSpec.split_off_c_halves` share it, :meth:`TripleSpec.c_parts` takes it apart.
 """
 
 from __future__ import annotations
@@ -165,15 +165,25 @@ class TripleSpec:
         return self._by_sharing(lambda sharing, x, y: x + y if sharing == "add" else tf.bitwise.bitwise_xor(x, y),
                                 c0, c1)
 
-    def split_off_c(self, c: tf.Tensor, c0: tf.Tensor) -> tf.Tensor:
-        """The part that joins ``c0`` to ``c``."""
-        return self._by_sharing(lambda sharing, x, y: x - y if sharing == "add" else tf.bitwise.bitwise_xor(x, y),
-                                c, c0)
+    def split_off_c_halves(self, c: tf.Tensor, other_low: tf.Tensor, other_high: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The part that joins another part to ``c``, as two halves: ``c`` flattened and cut after its first
+        ``floor(size / 2)`` elements, less the other part given as those two halves. Neither the other part
+        is joined into a whole nor the result cut (two full-size copies saved)."""
+        flat = tf.reshape(c, [-1])
+        size = int(flat.shape[0])
+        low, high = tf.split(flat, [size // 2, size - size // 2])
+        op = lambda sharing, x, y: x - y if sharing == "add" else tf.bitwise.bitwise_xor(x, y)  # noqa: E731
+        return (self._by_sharing(op, low, other_low), self._by_sharing(op, high, other_high, offset=size // 2))
 
-    def _by_sharing(self, op, x, y) -> tf.Tensor:
+    def _by_sharing(self, op, x, y, offset: int = 0) -> tf.Tensor:
+        """``op`` per sharing of ``c``'s elements; ``x``, ``y`` hold them from flat position ``offset`` on."""
         if self.kind.c != "mixed":
             return op(self.kind.c, x, y)
-        k = self.kind.c_xor_size(self)
+        k = min(max(self.kind.c_xor_size(self) - offset, 0), int(x.shape[0]))
+        if k == 0:
+            return op("add", x, y)
+        if k == int(x.shape[0]):
+            return op("xor", x, y)
         return tf.concat([op("xor", x[:k], y[:k]), op("add", x[k:], y[k:])], axis=0)
 
     def c_parts(self, c: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -348,3 +348,29 @@ def test_one_deal_draws_one_seed_pair_and_one_keystream_per_party(config, monkey
         a = _join(kind.ab_a, triple.a0, triple.a1)
         b = _join(kind.ab_b, triple.b0, triple.b1) if kind.has_b else None
         np.testing.assert_array_equal(spec.join_c(triple.c0, triple.c1).numpy(), spec.apply(a, b).numpy())
+
+
+@pytest.mark.parametrize("spec", [
+    TripleSpec("mul", (3, 5), (3, 5)),  # additive, an odd size
+    TripleSpec("and", (2, 3), (2, 3)),  # XOR
+    # mixed (XOR planes, then additive values): the boundary in the second half (1 element: 29 plane words
+    # and 2 values) and in the first (100 elements: 58 plane words and 200 values)
+    TripleSpec("edabit_dabit", (1,), (1,), bits=29),
+    TripleSpec("edabit_dabit", (100,), (100,), bits=29),
+])
+def test_the_correction_halves_are_c_less_the_other_part_element_by_element(spec):
+    size = int(np.prod(spec.shape_c))
+    rng = np.random.default_rng(3)
+    c, other = (tf.constant(rng.integers(-2**63, 2**63, size=size, dtype=np.int64)) for _ in range(2))
+    low, high = spec.split_off_c_halves(tf.reshape(c, spec.shape_c), other[:size // 2], other[size // 2:])
+    assert (low.shape[0], high.shape[0]) == (size // 2, size - size // 2)
+    # the oracle, element by element: XOR for the planes of a mixed kind (and every element of a XOR kind)
+    xor_count = spec.kind.c_xor_size(spec) if spec.kind.c == "mixed" else (size if spec.kind.c == "xor" else 0)
+    c_, o_ = c.numpy(), other.numpy()
+    with np.errstate(over="ignore"):
+        expected = np.where(np.arange(size) < xor_count, c_ ^ o_, c_ - o_)
+    np.testing.assert_array_equal(np.concatenate([low.numpy(), high.numpy()]), expected)
+    # and joining the halves back with the other part gives c
+    joined = spec.join_c(tf.concat([low, high], 0), other) if spec.kind.c == "mixed" else None
+    if joined is not None:
+        np.testing.assert_array_equal(joined.numpy(), c_)

@@ -4,8 +4,8 @@
     python driver.py faults CLUSTER.json [TIMEOUT [HANG_TIMEOUT]]   compute; on each "go" line of stdin compute again, on "loop"
                                            compute until a player is lost
 
-Each result is one line ``RESULT {json}`` on stdout. A driver that outlives its budget exits (faulthandler),
-so a hang shows as a traceback, never as a stuck test.
+Each result is one line ``RESULT {json}`` on stdout. A driver that outlives its budget (120 s, or
+``TFE_DRIVER_BUDGET`` seconds) exits (faulthandler), so a hang shows as a traceback, never as a stuck test.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-faulthandler.dump_traceback_later(120, exit=True)
+faulthandler.dump_traceback_later(float(os.environ.get("TFE_DRIVER_BUDGET", "120")), exit=True)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

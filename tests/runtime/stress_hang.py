@@ -37,6 +37,7 @@ def main() -> int:
     parser.add_argument("--load", type=int, default=0, metavar="N", help="busy loops beside the cluster")
     args = parser.parse_args()
     hangs = failed_after = 0
+    os.environ["TFE_DRIVER_BUDGET"] = str(120 + 100 * args.rounds)  # the driver lives through every round
     load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
     with tempfile.TemporaryDirectory() as tmp:
         processes = Processes(write_cluster(Path(tmp) / "cluster.json", PLAYERS, driver="bob"))
@@ -65,8 +66,14 @@ def main() -> int:
                         processes.serve(args.player)
                     else:
                         os.kill(pid, signal.SIGCONT)
-                driver.send("go")
-                after = driver.result(timeout=40)
+                try:
+                    driver.send("go")
+                    after = driver.result(timeout=40)
+                except BaseException:  # noqa: BLE001 - the driver died: say how, then end the run
+                    print(f"  the driver ended (exit {driver.popen.poll()}); its stderr ends with:\n"
+                          f"{''.join(line for line in driver.stderr if not line.startswith(('I0000', 'W0000')))[-3000:]}",
+                          flush=True)
+                    raise
                 failed_after += not after["ok"]
                 print(f"  {'restarted' if args.kill else 'resumed'}, next computation {'succeeds' if after['ok'] else 'FAILS: ' + after['message'][:300]}",
                       flush=True)
