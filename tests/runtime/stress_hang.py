@@ -5,7 +5,7 @@
 Four `tfe-lite serve` players and a driver (tests/runtime/driver.py, mode "faults") on free 127.0.0.1
 ports. Each round: the driver loops on private matmuls, the player is stopped 0.2-1.5 s in, the seconds to
 the driver's error are printed with its first words, the player is resumed (SIGCONT) and the next
-computation must succeed. A round with no error within 40 s is reported as a hang and ends the run (exit 1).
+computation must succeed. A round with no error within 40 s (``--wait``) is reported as a hang and ends the run (exit 1).
 ``--kill``: the player is killed (SIGKILL) instead and started again before the next computation.
 ``--load N``: N busy loops run beside the cluster for the whole run (a loaded machine).
 Not part of the suite (a run takes about 15 s a round); the fault test stops a player once.
@@ -35,6 +35,7 @@ def main() -> int:
     parser.add_argument("--hang-timeout", type=float, default=4.0)
     parser.add_argument("--kill", action="store_true", help="SIGKILL and restart the player instead of SIGSTOP/SIGCONT")
     parser.add_argument("--load", type=int, default=0, metavar="N", help="busy loops beside the cluster")
+    parser.add_argument("--wait", type=float, default=40.0, help="seconds a round may take to end in an error")
     args = parser.parse_args()
     hangs = failed_after = 0
     os.environ["TFE_DRIVER_BUDGET"] = str(120 + 100 * args.rounds)  # the driver lives through every round
@@ -53,11 +54,11 @@ def main() -> int:
                 os.kill(pid, signal.SIGKILL if args.kill else signal.SIGSTOP)
                 stopped, what = time.monotonic(), "killed" if args.kill else "stopped"
                 try:
-                    outcome = driver.result(timeout=40)
+                    outcome = driver.result(timeout=args.wait)
                     print(f"round {round_}: {args.player} {what}, error after {time.monotonic() - stopped:.1f} s: "
                           f"{outcome.get('message', outcome)!s:.150}", flush=True)
                 except BaseException:  # noqa: BLE001 - pytest.fail from the bounded wait: a hang
-                    print(f"round {round_}: {args.player} {what}, no error within 40 s: HANG (driver pid "
+                    print(f"round {round_}: {args.player} {what}, no error within {args.wait:g} s: HANG (driver pid "
                           f"{driver.popen.pid})", flush=True)
                     hangs += 1
                     break
