@@ -38,7 +38,8 @@ def main() -> int:
     parser.add_argument("--wait", type=float, default=40.0, help="seconds a round may take to end in an error")
     args = parser.parse_args()
     hangs = failed_after = 0
-    os.environ["TFE_DRIVER_BUDGET"] = str(120 + 100 * args.rounds)  # the driver lives through every round
+    # the driver lives through every round: its error (--wait), the restart and the next computation (40 s)
+    os.environ["TFE_DRIVER_BUDGET"] = str(120 + args.rounds * (args.wait + 60))
     load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.load)]
     with tempfile.TemporaryDirectory() as tmp:
         processes = Processes(write_cluster(Path(tmp) / "cluster.json", PLAYERS, driver="bob"))
